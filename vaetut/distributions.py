@@ -1,0 +1,168 @@
+"""The Gaussian and Bernoulli pieces of the ELBO, written out by hand.
+
+Paper: Mittas, *Variational Autoencoders*, §2.1–§3.1 and Appendix A.1 (with the
+slips listed in ``reference/ERRATA.md`` corrected); Kingma & Welling (2013), §2.4
+and Appendix B. Taught in the book chapters "The ELBO" and "Reparameterization";
+every function here is checked against ``torch.distributions`` in
+``tests/test_distributions.py``.
+
+Conventions (one glossary for the book and the code):
+
+* ``mu``, ``log_var``: mean and log-variance of a diagonal Gaussian, ``[..., D]``;
+* ``std = exp(log_var / 2)``, ``eps ~ N(0, I)``;
+* every log-density and KL is *summed over the last dimension* (or over all
+  non-batch dimensions for images) and returned per example, ``[B]``:
+  the caller reduces.
+
+This module imports only torch, so it can be copied alone.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+LOG_2PI = math.log(2 * math.pi)
+
+__all__ = [
+    "ELBO",
+    "kl_normal",
+    "reparameterize",
+    "log_normal",
+    "log_standard_normal",
+    "log_bernoulli",
+    "log_gaussian",
+    "check_unit_interval",
+]
+
+
+class ELBO(NamedTuple):
+    """The evidence lower bound of one model on one batch, per example.
+
+    ``elbo = log_px_z - kl``, each ``[B]``. ``kl`` is the analytic
+    KL(q(z|x) || p(z)) where the model has one, otherwise a one-sample estimate
+    of E_q[log q(z|x) - log p(z)].
+    """
+
+    elbo: Tensor  # [B]
+    log_px_z: Tensor  # [B]  E_q[log p(x | z)], one-sample estimate
+    kl: Tensor  # [B]
+
+
+def kl_normal(
+    mu_q: Tensor,
+    log_var_q: Tensor,
+    mu_p: Tensor | None = None,
+    log_var_p: Tensor | None = None,
+) -> Tensor:
+    """KL( N(mu_q, diag exp(log_var_q)) || N(mu_p, diag exp(log_var_p)) ).
+
+    Args:
+        mu_q, log_var_q: ``[..., D]``.
+        mu_p, log_var_p: ``[..., D]`` (broadcastable); ``None`` means the standard
+            normal N(0, I).
+
+    Returns:
+        ``[...]``: the divergence summed over the last dimension.
+    """
+    if mu_p is None:
+        mu_p = torch.zeros_like(mu_q)
+    if log_var_p is None:
+        log_var_p = torch.zeros_like(log_var_q)
+    # $KL = \frac12 \sum_j [\log\sigma_{p,j}^2 - \log\sigma_{q,j}^2
+    #        + (\sigma_{q,j}^2 + (\mu_{q,j}-\mu_{p,j})^2)/\sigma_{p,j}^2 - 1]$
+    kl = 0.5 * (
+        log_var_p
+        - log_var_q
+        + (log_var_q.exp() + (mu_q - mu_p).pow(2)) * torch.exp(-log_var_p)
+        - 1.0
+    )
+    return kl.sum(-1)
+
+
+def reparameterize(mu: Tensor, log_var: Tensor, eps: Tensor | None = None) -> Tensor:
+    """Draw z ~ N(mu, diag exp(log_var)) as a differentiable function of mu, log_var.
+
+    Args:
+        mu, log_var: ``[..., D]``.
+        eps: optional standard normal noise with the shape of ``mu`` (or a shape
+            that broadcasts with it, e.g. ``[k, B, D]`` for k samples).
+
+    Returns:
+        ``z = mu + std * eps``, shaped like ``mu`` broadcast with ``eps``.
+    """
+    if eps is None:
+        eps = torch.randn_like(mu)
+    # $z = \mu + \sigma \odot \epsilon$
+    return mu + torch.exp(0.5 * log_var) * eps
+
+
+def log_normal(z: Tensor, mu: Tensor, log_var: Tensor) -> Tensor:
+    """log N(z; mu, diag exp(log_var)) summed over the last dimension, ``[...]``."""
+    # $\log N(z;\mu,\sigma^2) = -\frac12[\log 2\pi + \log\sigma^2 + (z-\mu)^2/\sigma^2]$
+    return -0.5 * (LOG_2PI + log_var + (z - mu).pow(2) * torch.exp(-log_var)).sum(-1)
+
+
+def log_standard_normal(z: Tensor) -> Tensor:
+    """log N(z; 0, I) summed over the last dimension, ``[...]``."""
+    return -0.5 * (LOG_2PI + z.pow(2)).sum(-1)
+
+
+def check_unit_interval(x: Tensor) -> None:
+    """Raise ValueError unless every entry of ``x`` lies in [0, 1] (Bernoulli targets)."""
+    if x.numel() and (x.min() < 0 or x.max() > 1):
+        raise ValueError(
+            f"Bernoulli likelihood needs targets in [0, 1], got values in "
+            f"[{x.min().item():.3g}, {x.max().item():.3g}]. Scale images to [0, 1] "
+            "(divide uint8 pixels by 255) or use likelihood='gaussian'."
+        )
+
+
+def log_bernoulli(x: Tensor, logits: Tensor) -> Tensor:
+    """log Bernoulli(x; sigmoid(logits)) summed over all but the first dimension.
+
+    Numerically stable for any logits: ``x * l - softplus(l)``, which equals
+    ``x log p + (1 - x) log(1 - p)`` with ``p = sigmoid(l)``. Targets may be
+    grey levels in [0, 1] (the continuous relaxation used with grey-level MNIST).
+
+    Args:
+        x: targets ``[B, ...]`` in [0, 1].
+        logits: ``[B, ...]`` (or broadcastable, e.g. ``[k, B, ...]``).
+
+    Returns:
+        ``[B]`` (or ``[k, B]``).
+    """
+    # binary_cross_entropy_with_logits is the fused, stable form of -(x l - softplus(l))
+    ll = -torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, x.expand_as(logits), reduction="none"
+    )
+    return _sum_event(ll, x.dim() - 1)
+
+
+def log_gaussian(x: Tensor, mean: Tensor, log_sigma: Tensor | float = 0.0) -> Tensor:
+    """log N(x; mean, sigma^2 I) summed over all but the first dimension.
+
+    ``log_sigma`` is a float or a tensor that broadcasts with ``mean`` (one shared
+    sigma, as in the sigma-VAE, is a scalar tensor).
+
+    Corrects the paper's eq. (7)–(10) (ERRATA.md §3.1): the negative
+    log-likelihood is *half the sum* of squared errors over the D pixels divided by
+    sigma^2, plus D log sigma, plus (D/2) log 2 pi, not half the mean squared error.
+
+    Returns:
+        ``[B]`` (or ``[k, B]`` when ``mean`` carries a sample dimension in front).
+    """
+    log_sigma = torch.as_tensor(log_sigma, dtype=mean.dtype, device=mean.device)
+    # $\log N(x;\hat x,\sigma^2) = -\frac{(x-\hat x)^2}{2\sigma^2} - \log\sigma - \frac12\log 2\pi$
+    ll = -0.5 * (x - mean).pow(2) * torch.exp(-2.0 * log_sigma) - log_sigma - 0.5 * LOG_2PI
+    return _sum_event(ll.expand(torch.broadcast_shapes(x.shape, mean.shape)), x.dim() - 1)
+
+
+def _sum_event(ll: Tensor, event_dims: int) -> Tensor:
+    """Sum the trailing ``event_dims`` dimensions: ``[..., B, *event]`` -> ``[..., B]``."""
+    if event_dims < 1:
+        raise ValueError("x must have a batch dimension and at least one event dimension")
+    return ll.flatten(start_dim=ll.dim() - event_dims).sum(-1)

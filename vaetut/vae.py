@@ -1,0 +1,289 @@
+"""The Gaussian VAE: a diagonal-Gaussian encoder, a standard normal prior, and a
+Bernoulli or Gaussian decoder, with MLP or convolutional networks.
+
+Paper: Mittas, *Variational Autoencoders*, §2.2–§3.3 (Gaussian VAE, calibrated
+decoders; corrected as in ``reference/ERRATA.md``); Kingma & Welling (2013);
+Rybkin et al. (2020) for the shared-sigma Gaussian decoder. Taught in the book
+chapters "Gaussian VAE", "beta-VAE" and "sigma-VAE".
+
+Every vaetut model exposes the same four methods, so the training loop and the
+bounds in :mod:`vaetut.bounds` work for all of them:
+
+* ``elbo(x)`` -> :class:`~vaetut.distributions.ELBO` of ``[B]`` terms;
+* ``log_weights(x, k)`` -> ``[k, B]``: log p(x, z) - log q(z|x) for k samples of q;
+* ``sample(n)`` -> ``[n, C, H, W]`` decoder means for z from the prior;
+* ``reconstruct(x)`` -> ``[B, C, H, W]`` decoder means at z = E_q[z].
+
+Imports torch and :mod:`vaetut.distributions` only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor, nn
+
+from .distributions import (
+    ELBO,
+    check_unit_interval,
+    kl_normal,
+    log_bernoulli,
+    log_gaussian,
+    log_normal,
+    log_standard_normal,
+    reparameterize,
+)
+
+__all__ = ["VAEConfig", "VAE", "mlp", "ConvEncoder", "ConvDecoder", "softclip"]
+
+LIKELIHOODS = ("bernoulli", "gaussian")
+SIGMAS = ("learned", "optimal")
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """Shape of a VAE. The defaults are the 784-400-20 MLP of Kingma & Welling.
+
+    Attributes:
+        image_shape: ``(C, H, W)`` of one input image.
+        latent_dim: size of z.
+        arch: ``"mlp"`` or ``"conv"``.
+        hidden: MLP hidden widths, encoder order (the decoder mirrors them);
+            ``()`` makes encoder and decoder linear (the paper's "linear VAE").
+        channels: conv widths, one stride-2 4x4 convolution each; H and W must be
+            divisible by ``2 ** len(channels)``.
+        likelihood: ``"bernoulli"`` (binary or grey-level pixels in [0, 1]) or
+            ``"gaussian"``.
+        sigma: Gaussian decoder scale: a positive number (fixed), ``"learned"``
+            (one shared trainable log sigma) or ``"optimal"`` (the batch's
+            maximum-likelihood sigma, Rybkin et al. 2020).
+        min_log_sigma: lower soft clip of a learned or optimal log sigma.
+    """
+
+    image_shape: tuple[int, int, int] = (1, 28, 28)
+    latent_dim: int = 20
+    arch: str = "mlp"
+    hidden: tuple[int, ...] = (400,)
+    channels: tuple[int, ...] = (32, 64)
+    likelihood: str = "bernoulli"
+    sigma: float | str = 1.0
+    min_log_sigma: float = -6.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.latent_dim, bool) or not isinstance(self.latent_dim, int) or self.latent_dim < 1:
+            raise ValueError(f"latent_dim must be a positive integer, got {self.latent_dim!r}")
+        if len(self.image_shape) != 3 or any(int(s) < 1 for s in self.image_shape):
+            raise ValueError(f"image_shape must be (C, H, W) with positive sizes, got {self.image_shape!r}")
+        if self.arch not in ("mlp", "conv"):
+            raise ValueError(f"arch must be 'mlp' or 'conv', got {self.arch!r}")
+        if any(int(h) < 1 for h in self.hidden):
+            raise ValueError(f"hidden widths must be positive, got {self.hidden!r}")
+        if self.arch == "conv":
+            if not self.channels or any(int(c) < 1 for c in self.channels):
+                raise ValueError(f"conv channels must be a non-empty tuple of positive widths, got {self.channels!r}")
+            f = 2 ** len(self.channels)
+            if self.image_shape[1] % f or self.image_shape[2] % f:
+                raise ValueError(
+                    f"conv arch with {len(self.channels)} stride-2 layers needs H and W divisible by {f}, "
+                    f"got image_shape={self.image_shape}"
+                )
+        if self.likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
+        if isinstance(self.sigma, str):
+            if self.sigma not in SIGMAS:
+                raise ValueError(f"sigma must be a positive number or one of {SIGMAS}, got {self.sigma!r}")
+        elif not self.sigma > 0:
+            raise ValueError(f"sigma must be positive, got {self.sigma!r}")
+
+
+def mlp(sizes: list[int], activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
+    """Linear layers between consecutive ``sizes``, an activation after all but the last."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(activation())
+    return nn.Sequential(*layers)
+
+
+class ConvEncoder(nn.Module):
+    """Stride-2 4x4 convolutions with ReLU: ``[B, C, H, W]`` -> features ``[B, F]``."""
+
+    def __init__(self, image_shape: tuple[int, int, int], channels: tuple[int, ...]):
+        super().__init__()
+        c, h, w = image_shape
+        layers: list[nn.Module] = []
+        for out in channels:
+            layers += [nn.Conv2d(c, out, 4, stride=2, padding=1), nn.ReLU()]
+            c, h, w = out, h // 2, w // 2
+        self.net = nn.Sequential(*layers, nn.Flatten())
+        self.out_features = c * h * w
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)  # [B, F]
+
+
+class ConvDecoder(nn.Module):
+    """The mirror of :class:`ConvEncoder`: ``[N, D]`` -> ``[N, C, H, W]`` (no output activation)."""
+
+    def __init__(self, latent_dim: int, image_shape: tuple[int, int, int], channels: tuple[int, ...]):
+        super().__init__()
+        c, h, w = image_shape
+        f = 2 ** len(channels)
+        widths = list(channels[::-1]) + [c]  # e.g. [64, 32, 1]
+        layers: list[nn.Module] = [
+            nn.Linear(latent_dim, widths[0] * (h // f) * (w // f)),
+            nn.ReLU(),
+            nn.Unflatten(1, (widths[0], h // f, w // f)),  # [N, C_top, H/f, W/f]
+        ]
+        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+            layers.append(nn.ConvTranspose2d(a, b, 4, stride=2, padding=1))
+            if i < len(widths) - 2:
+                layers.append(nn.ReLU())
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.net(z)
+
+
+def softclip(t: Tensor, min_value: float) -> Tensor:
+    """Smooth lower bound: ``min_value + softplus(t - min_value)`` (finite for t = -inf)."""
+    return min_value + nn.functional.softplus(t - min_value)
+
+
+class VAE(nn.Module):
+    """A VAE with q(z|x) = N(mu(x), diag sigma^2(x)), p(z) = N(0, I) and a Bernoulli or
+    Gaussian p(x|z).
+
+    Example::
+
+        model = VAE(latent_dim=2)            # 784-400-2 MLP, Bernoulli decoder
+        terms = model.elbo(x)                # x: [B, 1, 28, 28] in [0, 1]
+        loss = -terms.elbo.mean()
+    """
+
+    def __init__(self, config: VAEConfig | None = None, **overrides):
+        super().__init__()
+        self.config = cfg = replace(config or VAEConfig(), **overrides)
+        c, h, w = cfg.image_shape
+        if cfg.arch == "mlp":
+            d = c * h * w
+            self.encoder = nn.Sequential(nn.Flatten(), mlp([d, *cfg.hidden]), *([nn.ReLU()] if cfg.hidden else []))
+            features = cfg.hidden[-1] if cfg.hidden else d
+            self.decoder = nn.Sequential(
+                mlp([cfg.latent_dim, *cfg.hidden[::-1], d]), nn.Unflatten(1, cfg.image_shape)
+            )
+        else:
+            conv = ConvEncoder(cfg.image_shape, cfg.channels)
+            self.encoder, features = conv, conv.out_features
+            self.decoder = ConvDecoder(cfg.latent_dim, cfg.image_shape, cfg.channels)
+        self.feature_dim = features
+        self.to_mu = nn.Linear(features, cfg.latent_dim)
+        self.to_log_var = nn.Linear(features, cfg.latent_dim)
+        if cfg.likelihood == "gaussian" and cfg.sigma == "learned":
+            self.log_sigma = nn.Parameter(torch.zeros(()))
+
+    # ----------------------------------------------------------------- networks
+    @property
+    def latent_dim(self) -> int:
+        return self.config.latent_dim
+
+    def check_input(self, x: Tensor) -> None:
+        """Raise ValueError with a hint when x is not a ``[B, C, H, W]`` batch this model takes."""
+        shape = tuple(self.config.image_shape)
+        if not torch.is_tensor(x) or x.dim() != 4 or tuple(x.shape[1:]) != shape:
+            got = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+            raise ValueError(
+                f"expected a batch of images of shape [B, {', '.join(map(str, shape))}], got {got}. "
+                f"A flat batch can be reshaped with x.view(-1, {', '.join(map(str, shape))}); "
+                "a single image needs a batch dimension: x.unsqueeze(0)."
+            )
+        if not x.is_floating_point():
+            raise ValueError(f"expected floating-point pixels, got dtype {x.dtype}; use x.float() / 255")
+        if self.config.likelihood == "bernoulli":
+            check_unit_interval(x)
+
+    def features(self, x: Tensor) -> Tensor:
+        """The encoder's deterministic features h(x), ``[B, F]``."""
+        self.check_input(x)
+        return self.encoder(x)
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """q(z|x) parameters: ``mu, log_var``, each ``[B, D]``."""
+        h = self.features(x)
+        return self.to_mu(h), self.to_log_var(h)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Decoder output (Bernoulli logits or Gaussian means), ``[..., D]`` -> ``[..., C, H, W]``."""
+        lead = z.shape[:-1]
+        out = self.decoder(z.reshape(-1, z.shape[-1]))  # [N, C, H, W]
+        return out.reshape(*lead, *self.config.image_shape)
+
+    def mean(self, out: Tensor) -> Tensor:
+        """E[x | z] from a decoder output: sigmoid of the logits, or the Gaussian mean."""
+        return torch.sigmoid(out) if self.config.likelihood == "bernoulli" else out
+
+    # -------------------------------------------------------------- likelihood
+    def decoder_log_sigma(self, x: Tensor | None = None, out: Tensor | None = None) -> Tensor:
+        """log sigma of the Gaussian decoder (a scalar tensor).
+
+        For ``sigma="optimal"`` this is log sigma* with sigma*^2 the mean squared error
+        of ``out`` against ``x`` over every pixel of every example (and sample), computed
+        without gradient (Rybkin et al. 2020; ERRATA.md §3.3).
+        """
+        cfg = self.config
+        if cfg.sigma == "learned":
+            return softclip(self.log_sigma, cfg.min_log_sigma)
+        if cfg.sigma == "optimal":
+            if x is None or out is None:
+                raise ValueError("sigma='optimal' needs the data and the decoder output")
+            with torch.no_grad():
+                # $\sigma^{*2} = \mathrm{mean}((x - \hat x)^2)$, $\log\sigma^* = \frac12\log\sigma^{*2}$
+                log_sigma = 0.5 * torch.log((x - out).pow(2).mean())
+            return softclip(log_sigma, cfg.min_log_sigma)
+        return torch.tensor(math.log(cfg.sigma), device=(out if out is not None else x).device)
+
+    def log_px_z(self, x: Tensor, out: Tensor) -> Tensor:
+        """log p(x | z) for decoder outputs ``out`` ``[..., B, C, H, W]`` -> ``[..., B]``."""
+        if self.config.likelihood == "bernoulli":
+            return log_bernoulli(x, out)
+        return log_gaussian(x, out, self.decoder_log_sigma(x, out))
+
+    # ------------------------------------------------------------ the bounds
+    def elbo(self, x: Tensor) -> ELBO:
+        """One-sample ELBO with the analytic KL: ``[B]`` terms."""
+        mu, log_var = self.encode(x)  # [B, D] each
+        z = reparameterize(mu, log_var)  # [B, D]
+        log_px_z = self.log_px_z(x, self.decode(z))  # [B]
+        kl = kl_normal(mu, log_var)  # [B]
+        return ELBO(log_px_z - kl, log_px_z, kl)
+
+    def log_weights(self, x: Tensor, k: int) -> Tensor:
+        """log p(x, z_i) - log q(z_i | x) for k samples z_i ~ q(z|x): ``[k, B]``."""
+        _check_k(k)
+        mu, log_var = self.encode(x)  # [B, D]
+        eps = torch.randn((k, *mu.shape), device=mu.device, dtype=mu.dtype)
+        z = reparameterize(mu, log_var, eps)  # [k, B, D]
+        log_px_z = self.log_px_z(x, self.decode(z))  # [k, B]
+        return log_px_z + log_standard_normal(z) - log_normal(z, mu, log_var)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Decoder means for n draws from the prior, ``[n, C, H, W]``."""
+        _check_k(n, "n")
+        device = self.to_mu.weight.device
+        z = torch.randn(n, self.latent_dim, generator=generator, device="cpu").to(device)
+        return self.mean(self.decode(z))
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """Decoder means at z = mu(x), ``[B, C, H, W]``."""
+        mu, _ = self.encode(x)
+        return self.mean(self.decode(mu))
+
+
+def _check_k(k: int, name: str = "k") -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"{name} must be a positive integer, got {k!r}")
