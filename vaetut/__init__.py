@@ -1,0 +1,56 @@
+"""vaetut: variational autoencoders, tested. The code behind the vaetut book.
+
+The public API at a glance (see README.md):
+
+* math: :func:`kl_normal`, :func:`reparameterize`, :func:`log_bernoulli`, :func:`log_gaussian`
+* models: :class:`VAE` / :class:`VAEConfig`
+* bounds: :func:`log_likelihood`, :func:`iwae_bound`
+* training: :func:`fit`, :func:`kl_weight`, :class:`History`, :class:`TrainingDiverged`
+* data: :func:`load_mnist`
+* run settings: :func:`budget`, :func:`get_device`, :func:`set_seed`, :func:`run_info`
+"""
+
+from .bounds import iwae_bound, log_likelihood
+from .config import budget, get_device, is_quick, mode, run_info, set_seed
+from .data import DataNotFoundError, load_mnist
+from .distributions import (
+    ELBO,
+    kl_normal,
+    log_bernoulli,
+    log_gaussian,
+    log_normal,
+    log_standard_normal,
+    reparameterize,
+)
+from .train import History, TrainingDiverged, fit, kl_weight, load_checkpoint, save_checkpoint
+from .vae import VAE, VAEConfig
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ELBO",
+    "VAE",
+    "VAEConfig",
+    "DataNotFoundError",
+    "History",
+    "TrainingDiverged",
+    "budget",
+    "fit",
+    "get_device",
+    "is_quick",
+    "iwae_bound",
+    "kl_normal",
+    "kl_weight",
+    "load_checkpoint",
+    "load_mnist",
+    "log_bernoulli",
+    "log_gaussian",
+    "log_likelihood",
+    "log_normal",
+    "log_standard_normal",
+    "mode",
+    "reparameterize",
+    "run_info",
+    "save_checkpoint",
+    "set_seed",
+]
