@@ -1,0 +1,289 @@
+"""Tests for vaetut.ladder_vae: precision weighting, per-layer KL, bounds, reduction to the VAE."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.distributions import Independent, Normal, kl_divergence
+
+from vaetut.ladder_vae import LadderVAE, LadderVAEConfig, precision_weighted
+from vaetut.vae import VAE
+
+
+def binary_images(b: int, seed: int = 0, shape=(1, 28, 28)) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.bernoulli(torch.full((b, *shape), 0.3), generator=g)
+
+
+def small(latent_dims=(6, 4), hidden=(32, 16), **kw) -> LadderVAE:
+    torch.manual_seed(0)
+    return LadderVAE(latent_dims=latent_dims, hidden=hidden, **kw)
+
+
+# ------------------------------------------------------------ precision weighting
+def test_precision_weighted_completes_the_square_exactly():
+    # N(z; a, A) N(z; b, B) = N(z; mu, var) N(a; b, A + B) for every z: the combined
+    # Gaussian is the product of the two, normalised.
+    g = torch.Generator().manual_seed(1)
+    mu_hat, mu_p = torch.randn(2, 7, generator=g, dtype=torch.float64) * 3
+    var_hat, var_p = torch.rand(2, 7, generator=g, dtype=torch.float64) * 4 + 0.05
+    mu, var = precision_weighted(mu_hat, var_hat, mu_p, var_p)
+    z = torch.randn(50, 7, generator=g, dtype=torch.float64) * 4
+    lhs = Normal(mu_hat, var_hat.sqrt()).log_prob(z) + Normal(mu_p, var_p.sqrt()).log_prob(z)
+    rhs = Normal(mu, var.sqrt()).log_prob(z) + Normal(mu_p, (var_hat + var_p).sqrt()).log_prob(mu_hat)
+    torch.testing.assert_close(lhs, rhs, rtol=1e-12, atol=1e-10)
+
+
+def test_precision_weighted_matches_grid_normalised_product():
+    # Brute force: multiply the two densities on a fine grid, normalise numerically.
+    mu_hat = torch.tensor([1.5, -2.0, 0.3], dtype=torch.float64)
+    var_hat = torch.tensor([0.5, 4.0, 0.01], dtype=torch.float64)
+    mu_p = torch.tensor([-1.0, 1.0, 0.0], dtype=torch.float64)
+    var_p = torch.tensor([2.0, 0.25, 1.0], dtype=torch.float64)
+    mu, var = precision_weighted(mu_hat, var_hat, mu_p, var_p)
+    grid = torch.linspace(-12, 12, 200_001, dtype=torch.float64)[:, None]  # [G, 1]
+    dz = grid[1, 0] - grid[0, 0]
+    prod = (Normal(mu_hat, var_hat.sqrt()).log_prob(grid) + Normal(mu_p, var_p.sqrt()).log_prob(grid)).exp()
+    dens = prod / (prod.sum(0) * dz)  # [G, 3]
+    grid_mean = (dens * grid).sum(0) * dz
+    grid_var = (dens * (grid - grid_mean) ** 2).sum(0) * dz
+    torch.testing.assert_close(mu, grid_mean, rtol=0, atol=1e-6)
+    torch.testing.assert_close(var, grid_var, rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(dens, Normal(mu, var.sqrt()).log_prob(grid).exp(), rtol=0, atol=1e-5)
+    # The paper's formula read literally (sigma = 1/(precision sum)) is not the product's scale.
+    assert not torch.allclose(var.sqrt(), 1 / (1 / var_hat + 1 / var_p), rtol=1e-3)
+
+
+def test_precision_weighted_limits():
+    mu_hat, var_hat = torch.tensor([2.0]), torch.tensor([0.3])
+    # A flat prior leaves the bottom-up estimate; two equal estimates average, variance halves.
+    mu, var = precision_weighted(mu_hat, var_hat, torch.tensor([-5.0]), torch.tensor([1e12]))
+    torch.testing.assert_close((mu, var), (mu_hat, var_hat))
+    mu, var = precision_weighted(mu_hat, var_hat, torch.tensor([0.0]), var_hat)
+    torch.testing.assert_close((mu, var), (torch.tensor([1.0]), var_hat / 2))
+
+
+# ------------------------------------------------------------ the posterior and KL
+def test_posterior_is_precision_weighted_and_kl_layers_match_torch():
+    model = small(latent_dims=(6, 5, 4), hidden=(32, 24, 16))
+    x = binary_images(5)
+    torch.manual_seed(3)
+    terms = model.elbo(x)
+    torch.manual_seed(3)
+    layers = model.posterior(x)  # the same noise as inside elbo
+    estimates = model.bottom_up(x)
+    L = model.layers
+    assert terms.kl_layers.shape == (5, L)
+    torch.testing.assert_close(terms.kl, terms.kl_layers.sum(-1))
+    torch.testing.assert_close(terms.elbo, terms.log_px_z - terms.kl)
+    # top layer: q(z_L|x) is the bottom-up estimate, p(z_L) = N(0, I)
+    torch.testing.assert_close(layers[-1].mu, estimates[-1][0])
+    torch.testing.assert_close(layers[-1].log_var.exp(), estimates[-1][1])
+    for i in range(1, L):  # 1-based layer i < L: recompute from z_{i+1}
+        mu_p, var_p = model.prior(i, layers[i].z)
+        mu, var = precision_weighted(*estimates[i - 1], mu_p, var_p)
+        torch.testing.assert_close(layers[i - 1].mu, mu)
+        torch.testing.assert_close(layers[i - 1].log_var.exp(), var)
+        torch.testing.assert_close(layers[i - 1].log_var_p.exp(), var_p)
+    for i, layer in enumerate(layers):
+        q = Independent(Normal(layer.mu, (0.5 * layer.log_var).exp()), 1)
+        if i == L - 1:
+            p = Independent(Normal(torch.zeros_like(layer.mu), torch.ones_like(layer.mu)), 1)
+        else:
+            p = Independent(Normal(layer.mu_p, (0.5 * layer.log_var_p).exp()), 1)
+        torch.testing.assert_close(terms.kl_layers[:, i], kl_divergence(q, p))
+    assert (terms.kl_layers > 0).all()
+
+
+def test_log_weights_mean_equals_elbo_up_to_monte_carlo_error():
+    # E_q[log w] = E_q[log p(x|z_1)] - sum_i E[KL_i]: the sampled-KL bound (log_weights)
+    # and the analytic-KL ELBO agree in expectation. Batch norm in eval mode, with
+    # running statistics that are not the identity.
+    model = small(latent_dims=(6, 5, 4), hidden=(32, 24, 16), batch_norm=True)
+    with torch.no_grad():
+        for s in range(5):
+            model.elbo(binary_images(64, seed=10 + s))  # train mode: update running stats
+    model.eval()
+    x = binary_images(3, seed=1)
+    n = 4000
+    torch.manual_seed(0)
+    with torch.no_grad():
+        lw = model.log_weights(x, n)  # [n, 3]
+        terms = model.elbo(x.repeat(n, 1, 1, 1))  # [n * 3]
+    elbo = terms.elbo.view(n, 3)
+    se = (lw.var(0) / n + elbo.var(0) / n).sqrt()
+    z = (lw.mean(0) - elbo.mean(0)) / se
+    assert z.abs().max() < 4, z
+    # The test has power: a KL missing its factor 1/2 would be caught.
+    wrong = (terms.log_px_z - 0.5 * terms.kl).view(n, 3)
+    z_wrong = (lw.mean(0) - wrong.mean(0)) / (lw.var(0) / n + wrong.var(0) / n).sqrt()
+    assert z_wrong.abs().min() > 6, z_wrong
+
+
+def test_batch_norm_eval_mode_makes_examples_independent():
+    model = small(batch_norm=True)
+    x = binary_images(8)
+    with torch.no_grad():
+        model.train()
+        model.elbo(x)  # one update of the running statistics
+        train_alone = model.posterior(x[:2], mean=True)[0].z
+        train_batch = model.posterior(x, mean=True)[0].z[:2]
+        model.eval()
+        eval_alone = model.posterior(x[:2], mean=True)[0].z
+        eval_batch = model.posterior(x, mean=True)[0].z[:2]
+    assert not torch.allclose(train_alone, train_batch, atol=1e-4)
+    torch.testing.assert_close(eval_alone, eval_batch)
+
+
+# ------------------------------------------------------------ shapes and sampling
+@pytest.mark.parametrize("latent_dims", [(5,), (6, 4), (8, 7, 6, 5, 4)])
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_shapes_for_one_two_and_five_layers(latent_dims, batch_norm):
+    L = len(latent_dims)
+    model = small(latent_dims=latent_dims, hidden=tuple(range(24, 24 - 2 * L, -2)), batch_norm=batch_norm)
+    x = binary_images(4)
+    terms = model.elbo(x)
+    for t in (terms.elbo, terms.log_px_z, terms.kl):
+        assert t.shape == (4,) and torch.isfinite(t).all()
+    assert terms.kl_layers.shape == (4, L) and (terms.kl_layers >= 0).all()
+    assert model.log_weights(x, 3).shape == (3, 4)
+    means = model.posterior_means(x, k=5)
+    assert [m.shape for m in means] == [(4, d) for d in latent_dims]
+    model.eval()
+    for images in (model.sample(6), model.sample_layers(6, free=1), model.reconstruct(x)):
+        assert images.shape[1:] == (1, 28, 28)
+        assert images.min() >= 0 and images.max() <= 1
+
+
+def test_sample_layers_shares_the_fixed_noise():
+    model = small(latent_dims=(6, 5, 4), hidden=(32, 24, 16)).eval()
+    g = torch.Generator().manual_seed(0)
+    none_free = model.sample_layers(5, free=[], generator=g)
+    assert torch.allclose(none_free, none_free[:1].expand_as(none_free))
+    for free in (1, 3, range(1, 3)):
+        imgs = model.sample_layers(5, free=free, generator=g)
+        assert (imgs[1:] - imgs[:1]).abs().flatten(1).amax(1).min() > 1e-4
+    # posterior_means at the top layer is exact: the bottom-up mean
+    x = binary_images(3)
+    torch.testing.assert_close(model.posterior_means(x, k=3)[-1], model.bottom_up(x)[-1][0])
+
+
+# ------------------------------------------------------------ L = 1 is the VAE
+class SoftplusVAE(VAE):
+    """The one-layer VAE with the Ladder VAE's variance head: var = softplus(linear) + min_var."""
+
+    def __init__(self, min_var: float, **kw):
+        super().__init__(**kw)
+        self.min_var = min_var
+
+    def encode(self, x):
+        h = self.features(x)
+        var = torch.nn.functional.softplus(self.to_log_var(h)) + self.min_var
+        return self.to_mu(h), var.log()
+
+
+def test_one_layer_ladder_vae_is_the_vae():
+    ladder = small(latent_dims=(7,), hidden=(40,))
+    vae = SoftplusVAE(ladder.config.min_var, latent_dim=7, hidden=(40,))
+    pairs = [
+        (vae.encoder[1][0], ladder.up[0][0]),
+        (vae.to_mu, ladder.up_heads[0].to_mu),
+        (vae.to_log_var, ladder.up_heads[0].to_var),
+        (vae.decoder[0][0], ladder.decoder[0][0]),
+        (vae.decoder[0][2], ladder.decoder[1]),
+    ]
+    with torch.no_grad():
+        for dst, src in pairs:
+            dst.weight.copy_(src.weight)
+            dst.bias.copy_(src.bias)
+    assert sum(p.numel() for p in vae.parameters()) == sum(p.numel() for p in ladder.parameters())
+    x = binary_images(6)
+    torch.manual_seed(5)
+    a = ladder.elbo(x)
+    torch.manual_seed(5)
+    b = vae.elbo(x)
+    torch.testing.assert_close(a.elbo, b.elbo)
+    torch.testing.assert_close(a.kl, b.kl)
+    torch.testing.assert_close(a.kl_layers[:, 0], b.kl)
+    torch.manual_seed(6)
+    lw_a = ladder.log_weights(x, 9)
+    torch.manual_seed(6)
+    torch.testing.assert_close(lw_a, vae.log_weights(x, 9))
+    torch.testing.assert_close(ladder.reconstruct(x), vae.reconstruct(x))
+    torch.testing.assert_close(
+        ladder.sample(4, generator=torch.Generator().manual_seed(2)),
+        vae.sample(4, generator=torch.Generator().manual_seed(2)),
+    )
+
+
+# ------------------------------------------------------------ gradients
+def test_gradients_reach_every_network_and_match_finite_differences():
+    model = small(latent_dims=(5, 4, 3), hidden=(20, 16, 12)).double()
+    x = binary_images(4).double()
+
+    def loss() -> torch.Tensor:
+        torch.manual_seed(11)  # the same noise every call: a deterministic function of the weights
+        return -model.elbo(x).elbo.mean()
+
+    model.zero_grad()
+    loss().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+    # the gradient through the reparameterised samples and the precision weighting is right
+    g = torch.Generator().manual_seed(0)
+    params = [p for p in model.parameters()]
+    direction = [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in params]
+    analytic = sum((p.grad * v).sum() for p, v in zip(params, direction))
+    h = 1e-6
+    with torch.no_grad():
+        for p, v in zip(params, direction):
+            p.add_(h * v)
+        up = loss()
+        for p, v in zip(params, direction):
+            p.sub_(2 * h * v)
+        down = loss()
+        for p, v in zip(params, direction):
+            p.add_(h * v)
+    assert math.isclose((up - down).item() / (2 * h), analytic.item(), rel_tol=1e-5)
+
+
+# ------------------------------------------------------------ bad configurations
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(latent_dims=(), hidden=()), "at least one stochastic layer"),
+        (dict(latent_dims=(4, 2), hidden=(16,)), "one deterministic width per stochastic layer"),
+        (dict(latent_dims=(4,), hidden=(16, 8)), "one deterministic width per stochastic layer"),
+        (dict(latent_dims=(4, 0), hidden=(16, 8)), "latent_dims must hold positive integers"),
+        (dict(latent_dims=(4, 2), hidden=(16, -8)), "hidden must hold positive integers"),
+        (dict(latent_dims=(4.0,), hidden=(16,)), "latent_dims must hold positive integers"),
+        (dict(image_shape=(28, 28)), "image_shape"),
+        (dict(min_var=-1.0), "min_var"),
+    ],
+)
+def test_bad_configs_raise_clear_errors(kw, match):
+    with pytest.raises(ValueError, match=match):
+        LadderVAEConfig(**kw)
+    with pytest.raises(ValueError, match=match):
+        LadderVAE(**kw)
+
+
+def test_bad_inputs_raise_clear_errors():
+    model = small()
+    with pytest.raises(ValueError, match=r"shape \[B, 1, 28, 28\]"):
+        model.elbo(torch.rand(4, 784))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        model.elbo(torch.rand(2, 1, 28, 28) * 255)
+    with pytest.raises(ValueError, match="floating-point"):
+        model.elbo(torch.zeros(2, 1, 28, 28, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        model.log_weights(binary_images(2), 0)
+    with pytest.raises(ValueError, match="n must be a positive integer"):
+        model.sample(0)
+    with pytest.raises(ValueError, match=r"free layers must be integers in 1\.\.2"):
+        model.sample_layers(3, free=3)
+    with pytest.raises(ValueError, match="one noise tensor per layer"):
+        model.generate([torch.randn(3, 6)])
