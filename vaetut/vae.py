@@ -58,8 +58,13 @@ class VAEConfig:
             ``"gaussian"``.
         sigma: Gaussian decoder scale: a positive number (fixed), ``"learned"``
             (one shared trainable log sigma) or ``"optimal"`` (the batch's
-            maximum-likelihood sigma, Rybkin et al. 2020).
-        min_log_sigma: lower soft clip of a learned or optimal log sigma.
+            maximum-likelihood sigma*, Rybkin et al. 2020). Only for
+            ``likelihood="gaussian"``.
+        min_log_sigma: floor of a learned or optimal log sigma (default -6, as
+            Rybkin et al.: sigma >= 0.0025, about the quantisation noise of 8-bit
+            pixels). A learned log sigma is soft-clipped (:func:`softclip`, so its
+            gradient never vanishes); the analytic log sigma* carries no gradient,
+            so it is floored exactly and stays the minimiser above the floor.
     """
 
     image_shape: tuple[int, int, int] = (1, 28, 28)
@@ -94,8 +99,23 @@ class VAEConfig:
         if isinstance(self.sigma, str):
             if self.sigma not in SIGMAS:
                 raise ValueError(f"sigma must be a positive number or one of {SIGMAS}, got {self.sigma!r}")
-        elif not self.sigma > 0:
-            raise ValueError(f"sigma must be positive, got {self.sigma!r}")
+        elif isinstance(self.sigma, bool) or not isinstance(self.sigma, (int, float)) or not (
+            0 < self.sigma < math.inf
+        ):
+            raise ValueError(
+                f"sigma must be a positive finite number, 'learned' or 'optimal', got {self.sigma!r}"
+            )
+        if self.likelihood == "bernoulli" and self.sigma != 1.0:
+            raise ValueError(
+                f"sigma={self.sigma!r} only applies to a Gaussian decoder; a Bernoulli decoder has no "
+                "scale. Pass likelihood='gaussian' to use it, or drop sigma."
+            )
+        if isinstance(self.min_log_sigma, bool) or not isinstance(self.min_log_sigma, (int, float)) or not (
+            math.isfinite(self.min_log_sigma)
+        ):
+            raise ValueError(
+                f"min_log_sigma must be a finite number (the log of the smallest sigma), got {self.min_log_sigma!r}"
+            )
 
 
 def mlp(sizes: list[int], activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
@@ -149,7 +169,13 @@ class ConvDecoder(nn.Module):
 
 
 def softclip(t: Tensor, min_value: float) -> Tensor:
-    """Smooth lower bound: ``min_value + softplus(t - min_value)`` (finite for t = -inf)."""
+    """Smooth lower bound on ``t`` (any shape; same shape out), as in Rybkin et al. (2020).
+
+    ``min_value + softplus(t - min_value)``: finite (``min_value``) for ``t = -inf``,
+    with a gradient that never vanishes, and always a little above ``t``: by
+    ``log(1 + exp(min_value - t))``, which is 0.02 at ``t - min_value = 4``.
+    """
+    # $\mathrm{softclip}(t) = m + \log(1 + e^{t - m})$
     return min_value + nn.functional.softplus(t - min_value)
 
 
@@ -227,28 +253,51 @@ class VAE(nn.Module):
 
     # -------------------------------------------------------------- likelihood
     def decoder_log_sigma(self, x: Tensor | None = None, out: Tensor | None = None) -> Tensor:
-        """log sigma of the Gaussian decoder (a scalar tensor).
+        """log sigma of the Gaussian decoder, one scalar tensor shared by every pixel.
 
-        For ``sigma="optimal"`` this is log sigma* with sigma*^2 the mean squared error
-        of ``out`` against ``x`` over every pixel of every example (and sample), computed
-        without gradient (Rybkin et al. 2020; ERRATA.md §3.3).
+        Args:
+            x: data ``[B, C, H, W]`` (needed for ``sigma="optimal"``).
+            out: decoder means ``[..., B, C, H, W]`` (e.g. ``[k, B, C, H, W]``).
+
+        Returns:
+            ``[]``: for a fixed sigma its log; for ``"learned"`` the soft-clipped
+            parameter; for ``"optimal"`` log sigma*, where sigma*^2 is the mean squared
+            error of ``out`` against ``x`` over every pixel of every example (and every
+            sample), the maximum-likelihood value for this batch, computed without
+            gradient and floored at ``min_log_sigma`` (Rybkin et al. 2020; the
+            paper's §3.3 prints this log sigma* as "sigma*", see ERRATA.md).
         """
         cfg = self.config
         if cfg.sigma == "learned":
             return softclip(self.log_sigma, cfg.min_log_sigma)
+        ref = out if out is not None else x
         if cfg.sigma == "optimal":
             if x is None or out is None:
-                raise ValueError("sigma='optimal' needs the data and the decoder output")
+                raise ValueError(
+                    "sigma='optimal' is fitted to a batch: call decoder_log_sigma(x, out) with the data "
+                    "x [B, C, H, W] and the decoder output out [..., B, C, H, W]"
+                )
             with torch.no_grad():
-                # $\sigma^{*2} = \mathrm{mean}((x - \hat x)^2)$, $\log\sigma^* = \frac12\log\sigma^{*2}$
+                # $\sigma^{*2} = \frac{1}{B d}\sum_{b,i} (x_{b,i} - \hat x_{b,i})^2$, $\log\sigma^* = \frac12\log\sigma^{*2}$
                 log_sigma = 0.5 * torch.log((x - out).pow(2).mean())
-            return softclip(log_sigma, cfg.min_log_sigma)
-        return torch.tensor(math.log(cfg.sigma), device=(out if out is not None else x).device)
+                # exact floor (no gradient flows, so no need for a smooth clip; a soft clip would
+                # shift sigma* up by log(1 + exp(min - log sigma*)) and it would no longer be the minimiser)
+                return log_sigma.clamp(min=cfg.min_log_sigma)
+        if ref is None:
+            return torch.tensor(math.log(cfg.sigma))
+        return torch.tensor(math.log(cfg.sigma), dtype=ref.dtype, device=ref.device)
 
     def log_px_z(self, x: Tensor, out: Tensor) -> Tensor:
-        """log p(x | z) for decoder outputs ``out`` ``[..., B, C, H, W]`` -> ``[..., B]``."""
+        """log p(x | z) for decoder outputs ``out`` ``[..., B, C, H, W]`` and data ``x``
+        ``[B, C, H, W]`` -> ``[..., B]``.
+
+        Bernoulli: ``out`` are logits. Gaussian: the full density N(x; out, sigma^2 I)
+        summed over the d pixels, with the ``d log sigma`` and ``(d/2) log 2 pi`` terms
+        (ERRATA.md §3.1 and §3.3), so ELBOs of different sigma are comparable in nats.
+        """
         if self.config.likelihood == "bernoulli":
             return log_bernoulli(x, out)
+        # $\log p(x|z) = -\frac{\lVert x - \hat x\rVert^2}{2\sigma^2} - d\log\sigma - \frac d2 \log 2\pi$
         return log_gaussian(x, out, self.decoder_log_sigma(x, out))
 
     # ------------------------------------------------------------ the bounds
