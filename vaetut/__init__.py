@@ -11,7 +11,7 @@ The public API at a glance (see README.md):
 """
 
 from .bounds import iwae_bound, log_likelihood
-from .config import budget, get_device, is_quick, mode, run_info, set_seed
+from .config import ChapterRun, budget, get_device, is_quick, mode, run_info, set_seed
 from .data import DataNotFoundError, load_mnist
 from .distributions import (
     ELBO,
@@ -23,11 +23,14 @@ from .distributions import (
     reparameterize,
 )
 from .train import History, TrainingDiverged, fit, kl_weight, load_checkpoint, save_checkpoint
+from .autoencoder import Autoencoder
 from .vae import VAE, VAEConfig
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Autoencoder",
+    "ChapterRun",
     "ELBO",
     "VAE",
     "VAEConfig",

@@ -15,12 +15,13 @@ from __future__ import annotations
 import os
 import platform
 import random
+import time
 from typing import TypeVar
 
 import numpy as np
 import torch
 
-__all__ = ["mode", "is_quick", "budget", "get_device", "set_seed", "run_info", "data_root"]
+__all__ = ["mode", "is_quick", "budget", "get_device", "set_seed", "run_info", "data_root", "ChapterRun"]
 
 T = TypeVar("T", int, float)
 
@@ -95,9 +96,43 @@ def run_info() -> str:
     if device.type == "cuda":
         hw = torch.cuda.get_device_name(device)
     else:
-        hw = f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+        hw = f"{_cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
     sc = scale()
     return (
         f"mode={mode()}" + (f" (scale {sc:g})" if sc != 1 and not is_quick() else "")
         + f", device={device.type} ({hw}), torch {torch.__version__}"
     )
+
+
+class ChapterRun:
+    """Says what produced a chapter's outputs: print at the start, and the time at the end.
+
+    Example (first and last code cells of a chapter)::
+
+        run = ChapterRun()   # prints mode, device and torch version
+        ...
+        run.finish()         # prints the same line with the elapsed time
+    """
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        print(run_info(), flush=True)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def finish(self) -> str:
+        line = f"outputs produced in {self.elapsed() / 60:.1f} min: {run_info()}"
+        print(line, flush=True)
+        return line
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "CPU"

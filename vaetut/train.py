@@ -134,6 +134,7 @@ def fit(
     resume: bool = False,
     progress: bool | str = "auto",
     log_every: int = 50,
+    objective: str = "elbo",
     on_epoch_end: Callable[[int, nn.Module], dict | None] | None = None,
 ) -> History:
     """Train ``model`` on ``data`` by maximising the KL-weighted ELBO.
@@ -157,6 +158,10 @@ def fit(
         progress: ``"auto"`` (a tqdm bar on a terminal, one line per epoch
             elsewhere, e.g. in notebooks), ``"bar"``, ``"lines"`` or ``False``.
         log_every: steps per entry of ``history.steps``/``history.terms``.
+        objective: the model method that gives the terms, ``"elbo"`` by default.
+            It must return a named tuple with ``log_px_z`` and optionally ``kl`` and
+            ``elbo`` (``[B]`` each); a missing ``kl`` counts as 0 (e.g. the
+            ``reconstruction`` of a deterministic autoencoder).
         on_epoch_end: called as ``on_epoch_end(epoch, model)`` after each epoch
             (model in eval mode, no grad); a returned dict is added to that
             epoch's entry in ``history.epochs``.
@@ -180,6 +185,9 @@ def fit(
     if binarize and (data.min() < 0 or data.max() > 1):
         raise ValueError("binarize=True needs data in [0, 1] (pixel intensities used as Bernoulli probabilities)")
     kl_weight(0, beta, warmup_steps)  # validates beta and warmup_steps
+    terms_of = getattr(model, objective, None)
+    if not callable(terms_of):
+        raise ValueError(f"{type(model).__name__} has no method {objective!r} to train on")
     mode = _progress_mode(progress)
 
     device = get_device(device)
@@ -242,8 +250,10 @@ def fit(
             if binarize:
                 x = torch.bernoulli(x, generator=gen if x.device.type == "cpu" else None)
             w = kl_weight(step, beta, warmup_steps)
-            terms = model.elbo(x)
-            loss = -(terms.log_px_z - w * terms.kl).mean()
+            terms = terms_of(x)
+            kl = getattr(terms, "kl", None)
+            # $-\frac{1}{B}\sum_b [\log p(x_b|z_b) - w\,KL_b]$
+            loss = -(terms.log_px_z - w * kl).mean() if kl is not None else -terms.log_px_z.mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, float("inf"), foreach=True)
@@ -260,12 +270,11 @@ def fit(
                 )
             optimizer.step()
             with torch.no_grad():
-                stats = {
-                    "loss": loss.detach(),
-                    "elbo": terms.elbo.detach().mean(),
-                    "log_px_z": terms.log_px_z.detach().mean(),
-                    "kl": terms.kl.detach().mean(),
-                }
+                stats = {"loss": loss.detach()}
+                for key in ("elbo", "log_px_z", "kl"):
+                    value = getattr(terms, key, None)
+                    if value is not None:
+                        stats[key] = value.detach().mean()
             for key, value in stats.items():
                 sums[key] = sums.get(key, 0.0) + value
                 interval[key] = interval.get(key, 0.0) + value
@@ -279,7 +288,7 @@ def fit(
                 values["kl_weight"] = w
                 history.log(step, values)
                 if bar is not None:
-                    bar.set_postfix(elbo=f"{values['elbo']:.2f}", kl=f"{values['kl']:.2f}", refresh=False)
+                    bar.set_postfix({k: f"{values[k]:.2f}" for k in ("elbo", "kl", "loss") if k in values}, refresh=False)
                 interval, interval_steps = {}, 0
         # end of an epoch (or of a partial last epoch)
         record = {k: float(v) / max(epoch_steps, 1) for k, v in sums.items()}
@@ -296,11 +305,9 @@ def fit(
         history.seconds += time.perf_counter() - start_time
         start_time = time.perf_counter()
         if mode == "lines":
-            print(
-                f"epoch {epoch + 1:3d}/{math.ceil(total / per_epoch)}  step {step:6d}  "
-                f"elbo {record['elbo']:9.2f}  log p(x|z) {record['log_px_z']:9.2f}  kl {record['kl']:7.2f}",
-                flush=True,
-            )
+            names = {"elbo": "elbo", "log_px_z": "log p(x|z)", "kl": "kl"}
+            shown = "  ".join(f"{names[k]} {record[k]:9.2f}" for k in names if k in record)
+            print(f"epoch {epoch + 1:3d}/{math.ceil(total / per_epoch)}  step {step:6d}  {shown}", flush=True)
         save()
     if bar is not None:
         bar.close()

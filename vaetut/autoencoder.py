@@ -1,0 +1,83 @@
+"""A deterministic autoencoder: an encoder f: R^d -> R^n and a decoder g: R^n -> R^d
+trained to make g(f(x)) close to x.
+
+Paper: Mittas, *Variational Autoencoders*, §1; Hinton & Salakhutdinov (2006).
+Taught in the chapter "Autoencoders", which shows why decoding codes that the
+encoder never produced gives no digits: nothing in the objective says where in
+R^n the codes should lie.
+
+The reconstruction term is the Bernoulli log-likelihood of the input under the
+decoder's pixel probabilities (binary cross-entropy, summed over pixels), the
+same term a VAE uses, so the two can be compared. Imports torch and
+:mod:`vaetut.distributions` only.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from .distributions import check_unit_interval, log_bernoulli
+
+__all__ = ["Autoencoder", "Reconstruction"]
+
+
+class Reconstruction(NamedTuple):
+    """The autoencoder's only term: log p(x | z = f(x)), ``[B]`` (no KL, not a bound)."""
+
+    log_px_z: Tensor
+
+
+def _mlp(sizes: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class Autoencoder(nn.Module):
+    """MLP autoencoder for images ``[B, C, H, W]`` in [0, 1].
+
+    Args:
+        image_shape: ``(C, H, W)``.
+        latent_dim: size of the code z.
+        hidden: hidden widths of the encoder; the decoder mirrors them.
+    """
+
+    def __init__(self, image_shape: tuple[int, int, int] = (1, 28, 28), latent_dim: int = 2, hidden=(512, 256)):
+        super().__init__()
+        if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
+            raise ValueError(f"latent_dim must be a positive integer, got {latent_dim!r}")
+        self.image_shape = tuple(image_shape)
+        self.latent_dim = latent_dim
+        d = int(torch.tensor(self.image_shape).prod())
+        self.encoder = nn.Sequential(nn.Flatten(), _mlp([d, *hidden, latent_dim]))
+        self.decoder = nn.Sequential(_mlp([latent_dim, *hidden[::-1], d]), nn.Unflatten(1, self.image_shape))
+
+    def check_input(self, x: Tensor) -> None:
+        if not torch.is_tensor(x) or x.dim() != 4 or tuple(x.shape[1:]) != self.image_shape:
+            got = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+            raise ValueError(f"expected images [B, {', '.join(map(str, self.image_shape))}], got {got}")
+        check_unit_interval(x)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """The code z = f(x), ``[B, n]``."""
+        self.check_input(x)
+        return self.encoder(x)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Pixel logits g(z), ``[B, C, H, W]``."""
+        return self.decoder(z)
+
+    def reconstruction(self, x: Tensor) -> Reconstruction:
+        """log p(x | f(x)) under independent Bernoulli pixels, ``[B]``: what training maximises."""
+        return Reconstruction(log_bernoulli(x, self.decode(self.encode(x))))
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """Pixel probabilities sigmoid(g(f(x))), ``[B, C, H, W]``."""
+        return torch.sigmoid(self.decode(self.encode(x)))
