@@ -37,8 +37,8 @@ def test_same_seed_same_data_other_seed_other_data():
 def test_factor_values_grid():
     idx = torch.tensor([[0, 0, 0, 0, 0], [2, 5, 10, 31, 31], [1, 2, 39, 16, 3]])
     v = factor_values(idx)
-    torch.testing.assert_close(v[0], torch.tensor([0.0, 0.5, 0.0, 0.2, 0.2]))
-    torch.testing.assert_close(v[1], torch.tensor([2.0, 1.0, math.pi / 2, 0.8, 0.8]))
+    torch.testing.assert_close(v[0], torch.tensor([0.0, 0.5, 0.0, 0.3, 0.3]))
+    torch.testing.assert_close(v[1], torch.tensor([2.0, 1.0, math.pi / 2, 0.7, 0.7]))
     assert abs(v[2, 2].item() - 2 * math.pi * 39 / 40) < 1e-6
 
 

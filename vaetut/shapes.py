@@ -17,7 +17,7 @@ col   name          values  continuous value
 0     shape         3       0 square, 1 ellipse (axes 2:1), 2 heart (categorical)
 1     scale         6       evenly spaced in [0.5, 1]
 2     orientation   40      2 pi i / 40 radians in [0, 2 pi), counter-clockwise
-3     x             32      horizontal centre, fraction of the width, in [0.2, 0.8]
+3     x             32      horizontal centre, fraction of the width, in [0.3, 0.7]
 4     y             32      vertical centre, fraction of the height (downwards)
 ====  ============  ======  =====================================================
 
@@ -54,10 +54,12 @@ SHAPES = ("square", "ellipse", "heart")
 
 # Half-size of a shape at scale 1, as a fraction of the image side. A shape's local
 # frame has unit half-size; the farthest point from its centroid (the square's
-# corner, at sqrt 2) then lies HALF_SIZE * sqrt 2 ~ 0.18 from the centre, inside the
-# margin left by the positions' range [0.2, 0.8].
-HALF_SIZE = 0.13
-POSITION_RANGE = (0.2, 0.8)
+# corner, at sqrt 2) then lies HALF_SIZE * sqrt 2 ~ 0.28 from the centre, inside the
+# margin left by the positions' range [0.3, 0.7]. Shapes this large overlap their
+# neighbours on the position grid, so the reconstruction term changes smoothly
+# with position and a small model learns position quickly.
+HALF_SIZE = 0.2
+POSITION_RANGE = (0.3, 0.7)
 SCALE_RANGE = (0.5, 1.0)
 ELLIPSE_AXES = (1.4, 0.7)  # semi-axes in the local frame: area ~ that of the other two
 HEART_CENTROID = 0.2935  # height of the heart curve's area centroid above its origin
