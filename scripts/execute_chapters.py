@@ -67,6 +67,9 @@ def execute(md: Path, mode: str, timeout: int | None) -> float:
     nb.metadata.setdefault("kernelspec", {"name": "python3", "display_name": "Python 3", "language": "python"})
     env_before = os.environ.get("VAETUT_MODE")
     os.environ["VAETUT_MODE"] = mode
+    # the kernel inherits this environment: a non-interactive MPLBACKEND (run.sh sets
+    # Agg for the tests) would stop plt.show() from storing figures in the notebook
+    os.environ.pop("MPLBACKEND", None)
     start = time.perf_counter()
     try:
         client = NotebookClient(

@@ -86,5 +86,17 @@ def test_stored_outputs_come_from_a_full_run(md: Path):
 
 
 @pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.name)
+def test_figures_are_stored(md: Path):
+    stored = nbformat.read(md.with_suffix(".ipynb"), as_version=4)
+    for cell in stored.cells:
+        if cell.cell_type == "code" and "plt.show()" in cell.source:
+            kinds = {k for o in cell.outputs for k in o.get("data", {})}
+            assert "image/png" in kinds, (
+                f"{md.name}: a cell that shows a figure stored none (was MPLBACKEND set for the kernel?):\n"
+                + cell.source[:200]
+            )
+
+
+@pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.name)
 def test_chapter_uses_plain_progress(md: Path):
     assert not re.search(r"tqdm\.(auto|notebook)", md.read_text()), "use tqdm.std or plain lines in chapters"

@@ -22,6 +22,8 @@ from .distributions import (
     log_standard_normal,
     reparameterize,
 )
+from .gradients import Grad, reparam_grad, score_function_grad
+from .linear_gaussian import LinearGaussian, WithQ
 from .train import History, TrainingDiverged, fit, kl_weight, load_checkpoint, save_checkpoint
 from .autoencoder import Autoencoder
 from .vae import VAE, VAEConfig
@@ -35,7 +37,10 @@ __all__ = [
     "VAE",
     "VAEConfig",
     "DataNotFoundError",
+    "Grad",
     "History",
+    "LinearGaussian",
+    "WithQ",
     "TrainingDiverged",
     "budget",
     "fit",
@@ -52,8 +57,10 @@ __all__ = [
     "log_normal",
     "log_standard_normal",
     "mode",
+    "reparam_grad",
     "reparameterize",
     "run_info",
     "save_checkpoint",
+    "score_function_grad",
     "set_seed",
 ]
