@@ -224,22 +224,33 @@ class PlanarFlow(nn.Module):
             density); otherwise a linear head maps the encoder features h ``[..., C]``
             to per-example ``u, w [..., D]`` and ``b [...]`` (a VAE posterior,
             Rezende & Mohamed §4.2).
-        init_scale: standard deviation of the initial free parameters or head weights.
+        init_scale: size of the random part of the initial u (free) or of the head's
+            weights (from context).
+
+    Initialisation: w is a random vector of length about 1 and u is chosen with
+    ``w.u = log(e - 1)``, where ``m(w.u) = 0``, so ``w.u_hat = 0`` and each layer starts as a
+    small volume-preserving shear, close to the identity. (Small random u and w would
+    instead give ``w.u_hat = m(0) = -0.31``: every layer would start by contracting space by
+    up to 31% along w, and a deep stack would start as a very narrow distribution.)
     """
 
     def __init__(self, dim: int, context_dim: int | None = None, init_scale: float = 0.1):
         super().__init__()
         _check_positive_int(dim, "dim")
         self.dim, self.context_dim = dim, context_dim
+        w = torch.randn(dim) / math.sqrt(dim)  # [D], |w| about 1
+        # $m(a) = 0$ at $a = \log(e - 1)$: the u that makes $w^\top \hat u = 0$
+        u = math.log(math.e - 1) * w / w.pow(2).sum()
         if context_dim is None:
-            self.u = nn.Parameter(init_scale * torch.randn(dim))
-            self.w = nn.Parameter(init_scale * torch.randn(dim))
+            self.u = nn.Parameter(u + init_scale * torch.randn(dim))
+            self.w = nn.Parameter(w)
             self.b = nn.Parameter(torch.zeros(()))
         else:
             _check_positive_int(context_dim, "context_dim")
             self.head = nn.Linear(context_dim, 2 * dim + 1)
             nn.init.normal_(self.head.weight, std=init_scale / math.sqrt(context_dim))
-            nn.init.normal_(self.head.bias, std=init_scale)
+            with torch.no_grad():
+                self.head.bias.copy_(torch.cat([u, w, torch.zeros(1)]))  # [u, w, b]
 
     def params(self, context: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """``(u_hat, w, b)``: ``[D], [D], []`` (free) or ``[..., D], [..., D], [...]`` (from context)."""
@@ -538,16 +549,22 @@ def fit_energy(
     lr: float = 1e-2,
     anneal_steps: int = 0,
     seed: int = 0,
+    context: Tensor | None = None,
 ) -> Tensor:
-    """Fit a flow with free parameters over a N(0, I) base to ``exp(-energy)`` by reverse KL.
+    """Fit a flow over a N(0, I) base to ``exp(-energy)`` by minimising the reverse KL.
 
     Minimises ``E_q[log q(z) + beta_t U(z)] = KL(q || exp(-beta_t U) / Z) - log Z`` with
     Adam, ``batch_size`` fresh samples per step. ``beta_t`` rises linearly from 0.01
     to 1 over ``anneal_steps`` (Rezende & Mohamed's annealing, which keeps the flow
     from settling on one mode early); 0 means no annealing.
 
+    ``context`` is passed to the flow. With a one-hot context ``[E, 1, E]`` and
+    layers conditioned on it, one call fits E targets at once: the samples are then
+    ``[E, N, 2]`` and ``energy`` must score target e on row e, ``[E, N]``.
+
     Returns:
-        ``[steps]`` the loss at each step with beta = 1 (the free energy, >= -log Z).
+        ``[steps]`` the loss at each step with beta = 1 (the free energy, >= -log Z;
+        averaged over the E targets when there are several).
     """
     _check_positive_int(steps, "steps")
     _check_positive_int(batch_size, "batch_size")
@@ -556,8 +573,8 @@ def fit_energy(
     losses = torch.empty(steps)
     for step in range(steps):
         beta = min(1.0, 0.01 + step / anneal_steps) if anneal_steps > 0 else 1.0
-        z, log_q = flow.rsample_with_log_prob(batch_size, generator=generator)  # [N, 2], [N]
-        u = energy(z)  # [N]
+        z, log_q = flow.rsample_with_log_prob(batch_size, context, generator)  # [(E,) N, 2], [(E,) N]
+        u = energy(z)  # [(E,) N]
         loss = (log_q + beta * u).mean()
         optimizer.zero_grad()
         loss.backward()
