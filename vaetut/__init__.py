@@ -22,8 +22,11 @@ from .distributions import (
     log_standard_normal,
     reparameterize,
 )
+from .diagnostics import active_units, activity, elbo_gap, kl_per_dimension, posterior_stats
+from .disentanglement import MIG, mig
 from .gradients import Grad, reparam_grad, score_function_grad
 from .linear_gaussian import LinearGaussian, WithQ
+from .shapes import FACTOR_SIZES, FACTORS, Shapes, make_shapes
 from .train import History, TrainingDiverged, fit, kl_weight, load_checkpoint, save_checkpoint
 from .autoencoder import Autoencoder
 from .vae import VAE, VAEConfig
@@ -31,6 +34,17 @@ from .vae import VAE, VAEConfig
 __version__ = "0.1.0"
 
 __all__ = [
+    "FACTORS",
+    "FACTOR_SIZES",
+    "MIG",
+    "Shapes",
+    "active_units",
+    "activity",
+    "elbo_gap",
+    "kl_per_dimension",
+    "make_shapes",
+    "mig",
+    "posterior_stats",
     "Autoencoder",
     "ChapterRun",
     "ELBO",
