@@ -1,13 +1,13 @@
 """Normalizing flows: planar flows, MADE, and inverse autoregressive flow (IAF).
 
 Papers: Rezende & Mohamed (2015), *Variational Inference with Normalizing Flows*
-(planar flow, eq. 10–12 and the invertibility condition of their Appendix A.1; the
-test energies of Table 1); Germain et al. (2015), *MADE* (masks from degrees,
-§4); Kingma et al. (2016), *Improving Variational Inference with Inverse
-Autoregressive Flow* (the IAF step, eq. 10–14 and their numerically stable
-"LSTM-type" update). Mittas, *Variational Autoencoders*, §5.1–§5.3, with the
-slips corrected as in ``reference/ERRATA.md`` §5. Taught in the chapters
-"Normalizing flows" and "Inverse autoregressive flow".
+(the planar flow, its log-determinant by the matrix determinant lemma, the
+invertibility condition of their appendix, and the test energies of their
+Table 1); Germain et al. (2015), *MADE* (masks from unit degrees); Kingma et al.
+(2016), *Improving Variational Inference with Inverse Autoregressive Flow* (the
+IAF step and its numerically stable gated update). Mittas, *Variational
+Autoencoders*, §5.1–§5.3, with the slips corrected as in ``reference/ERRATA.md``
+§5. Taught in the chapters "Normalizing flows" and "Inverse autoregressive flow".
 
 One protocol for every layer. A flow layer is an ``nn.Module`` with
 
@@ -223,7 +223,7 @@ class PlanarFlow(nn.Module):
         context_dim: ``None`` for free parameters u, w ``[D]`` and b ``[]`` (fitting a
             density); otherwise a linear head maps the encoder features h ``[..., C]``
             to per-example ``u, w [..., D]`` and ``b [...]`` (a VAE posterior,
-            Rezende & Mohamed §4.2).
+            as Rezende & Mohamed do for amortized inference).
         init_scale: size of the random part of the initial u (free) or of the head's
             weights (from context).
 
@@ -275,7 +275,7 @@ class PlanarFlow(nn.Module):
 def made_degrees(
     dim: int, hidden: Sequence[int], order: Tensor | None = None, conditional: bool = False
 ) -> list[Tensor]:
-    """Degrees of the units of a MADE (Germain et al. 2015, §4).
+    """Degrees of the units of a MADE (Germain et al. 2015).
 
     Args:
         dim: D, the number of inputs (and of outputs per parameter).
@@ -339,7 +339,7 @@ class MADE(nn.Module):
         hidden: hidden widths (at least one layer; widths >= D - 1 keep every path).
         n_params: outputs per variable (2 for [m, s]).
         context_dim: size of an optional context h, added unmasked to the first hidden
-            layer (Kingma et al. 2016, §5); it reaches every output.
+            layer (as Kingma et al. 2016 condition on h); it reaches every output.
         order: autoregressive order, see :func:`made_degrees`.
 
     ``forward(z [..., D], context [..., C]) -> tuple of n_params tensors [..., D]``.
@@ -428,7 +428,7 @@ class AffineAutoregressive(nn.Module):
 
 
 class IAFStep(nn.Module):
-    """One IAF step in the stable form of Kingma et al. (2016), eq. (14):
+    """One IAF step in the numerically stable, gated form of Kingma et al. (2016):
 
     ``[m, s] = MADE(z, h)``, ``sigma = sigmoid(s)``, ``z_new = sigma * z + (1 - sigma) * m``,
     ``log_det = sum_i log sigma_i``.
@@ -477,7 +477,7 @@ def iaf(
     context_dim: int | None = None,
     sigma_bias: float = 2.0,
 ) -> FlowStack:
-    """T IAF steps, the order reversed between consecutive steps (Kingma et al. 2016, §5)."""
+    """T IAF steps, the order reversed between consecutive steps (as in Kingma et al. 2016)."""
     _check_positive_int(steps, "steps")
     forward_order = torch.arange(dim)
     return FlowStack(
