@@ -24,6 +24,8 @@ from .distributions import (
 )
 from .diagnostics import active_units, activity, elbo_gap, kl_per_dimension, posterior_stats
 from .disentanglement import MIG, mig
+from .flow_vae import FlowVAE
+from .flows import ENERGIES, MADE, AffineAutoregressive, FlowStack, IAFStep, PlanarFlow, compose, fit_energy, iaf
 from .gradients import Grad, reparam_grad, score_function_grad
 from .linear_gaussian import LinearGaussian, WithQ
 from .shapes import FACTOR_SIZES, FACTORS, Shapes, make_shapes
@@ -34,6 +36,16 @@ from .vae import VAE, VAEConfig
 __version__ = "0.1.0"
 
 __all__ = [
+    "ENERGIES",
+    "MADE",
+    "AffineAutoregressive",
+    "FlowStack",
+    "FlowVAE",
+    "IAFStep",
+    "PlanarFlow",
+    "compose",
+    "fit_energy",
+    "iaf",
     "FACTORS",
     "FACTOR_SIZES",
     "MIG",
