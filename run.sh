@@ -22,7 +22,6 @@ if [ -z "${VAETUT_DATA:-}" ] && [ -d ../shared/data/MNIST ]; then
   VAETUT_DATA=$(cd ../shared/data && pwd)
 fi
 export VAETUT_DATA=${VAETUT_DATA:-}
-export MPLBACKEND=Agg
 export PYTHONHASHSEED=0
 
 setup() {

@@ -27,6 +27,7 @@ from .disentanglement import MIG, mig
 from .flow_vae import FlowVAE
 from .flows import ENERGIES, MADE, AffineAutoregressive, FlowStack, IAFStep, PlanarFlow, compose, fit_energy, iaf
 from .gradients import Grad, reparam_grad, score_function_grad
+from .ladder_vae import LadderELBO, LadderVAE, LadderVAEConfig, precision_weighted
 from .linear_gaussian import LinearGaussian, WithQ
 from .shapes import FACTOR_SIZES, FACTORS, Shapes, make_shapes
 from .train import History, TrainingDiverged, fit, kl_weight, load_checkpoint, save_checkpoint
@@ -36,6 +37,10 @@ from .vae import VAE, VAEConfig
 __version__ = "0.1.0"
 
 __all__ = [
+    "LadderELBO",
+    "LadderVAE",
+    "LadderVAEConfig",
+    "precision_weighted",
     "ENERGIES",
     "MADE",
     "AffineAutoregressive",
