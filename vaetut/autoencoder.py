@@ -19,7 +19,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .distributions import check_unit_interval, log_bernoulli
+from .distributions import check_images, check_unit_interval, log_bernoulli
 
 __all__ = ["Autoencoder", "Reconstruction"]
 
@@ -59,9 +59,7 @@ class Autoencoder(nn.Module):
         self.decoder = nn.Sequential(_mlp([latent_dim, *hidden[::-1], d]), nn.Unflatten(1, self.image_shape))
 
     def check_input(self, x: Tensor) -> None:
-        if not torch.is_tensor(x) or x.dim() != 4 or tuple(x.shape[1:]) != self.image_shape:
-            got = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
-            raise ValueError(f"expected images [B, {', '.join(map(str, self.image_shape))}], got {got}")
+        check_images(x, self.image_shape)
         check_unit_interval(x)
 
     def encode(self, x: Tensor) -> Tensor:

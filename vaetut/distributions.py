@@ -36,6 +36,7 @@ __all__ = [
     "log_bernoulli",
     "log_gaussian",
     "check_unit_interval",
+    "check_images",
 ]
 
 
@@ -119,6 +120,21 @@ def check_unit_interval(x: Tensor) -> None:
             f"[{x.min().item():.3g}, {x.max().item():.3g}]. Scale images to [0, 1] "
             "(divide uint8 pixels by 255) or use likelihood='gaussian'."
         )
+
+
+def check_images(x: Tensor, image_shape: tuple[int, ...]) -> None:
+    """Raise ValueError with a hint unless ``x`` is a float batch ``[B, *image_shape]``."""
+    shape = tuple(image_shape)
+    if not torch.is_tensor(x) or x.dim() != len(shape) + 1 or tuple(x.shape[1:]) != shape:
+        got = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+        dims = ", ".join(map(str, shape))
+        raise ValueError(
+            f"expected a batch of images of shape [B, {dims}], got {got}. "
+            f"A flat batch can be reshaped with x.view(-1, {dims}); "
+            "a single image needs a batch dimension: x.unsqueeze(0)."
+        )
+    if not x.is_floating_point():
+        raise ValueError(f"expected floating-point pixels, got dtype {x.dtype}; use x.float() / 255")
 
 
 def log_bernoulli(x: Tensor, logits: Tensor) -> Tensor:

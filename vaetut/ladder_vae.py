@@ -51,7 +51,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .distributions import check_unit_interval, kl_normal, log_bernoulli, log_normal, reparameterize
+from .distributions import check_images, check_unit_interval, kl_normal, log_bernoulli, log_normal, reparameterize
 
 __all__ = ["LadderVAEConfig", "LadderVAE", "LadderELBO", "Layer", "precision_weighted"]
 
@@ -229,16 +229,7 @@ class LadderVAE(nn.Module):
 
     def check_input(self, x: Tensor) -> None:
         """Raise ValueError with a hint unless x is a ``[B, C, H, W]`` batch of pixels in [0, 1]."""
-        shape = tuple(self.config.image_shape)
-        if not torch.is_tensor(x) or x.dim() != 4 or tuple(x.shape[1:]) != shape:
-            got = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
-            raise ValueError(
-                f"expected a batch of images of shape [B, {', '.join(map(str, shape))}], got {got}. "
-                f"A flat batch can be reshaped with x.view(-1, {', '.join(map(str, shape))}); "
-                "a single image needs a batch dimension: x.unsqueeze(0)."
-            )
-        if not x.is_floating_point():
-            raise ValueError(f"expected floating-point pixels, got dtype {x.dtype}; use x.float() / 255")
+        check_images(x, self.config.image_shape)
         check_unit_interval(x)
 
     def bottom_up(self, x: Tensor) -> list[tuple[Tensor, Tensor]]:

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from .distributions import (
     ELBO,
+    check_images,
     check_unit_interval,
     kl_normal,
     log_bernoulli,
@@ -218,16 +219,7 @@ class VAE(nn.Module):
 
     def check_input(self, x: Tensor) -> None:
         """Raise ValueError with a hint when x is not a ``[B, C, H, W]`` batch this model takes."""
-        shape = tuple(self.config.image_shape)
-        if not torch.is_tensor(x) or x.dim() != 4 or tuple(x.shape[1:]) != shape:
-            got = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
-            raise ValueError(
-                f"expected a batch of images of shape [B, {', '.join(map(str, shape))}], got {got}. "
-                f"A flat batch can be reshaped with x.view(-1, {', '.join(map(str, shape))}); "
-                "a single image needs a batch dimension: x.unsqueeze(0)."
-            )
-        if not x.is_floating_point():
-            raise ValueError(f"expected floating-point pixels, got dtype {x.dtype}; use x.float() / 255")
+        check_images(x, self.config.image_shape)
         if self.config.likelihood == "bernoulli":
             check_unit_interval(x)
 
