@@ -32,7 +32,7 @@ def make_grid(x: Tensor, nrow: int = 10, pad: int = 1, pad_value: float = 1.0) -
     n, c, h, w = x.shape
     ncol = min(nrow, n)
     nrows = -(-n // ncol)
-    grid = torch.full((c, nrows * (h + pad) - pad, ncol * (w + pad) - pad), pad_value)
+    grid = torch.full((c, nrows * (h + pad) - pad, ncol * (w + pad) - pad), float(pad_value), dtype=x.dtype)
     for i in range(n):
         r, col = divmod(i, ncol)
         grid[:, r * (h + pad) : r * (h + pad) + h, col * (w + pad) : col * (w + pad) + w] = x[i]
