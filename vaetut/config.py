@@ -59,9 +59,10 @@ def budget(quick: T, full: T, *, cap: T | None = None) -> T:
     (rounded for integers), limited to ``cap`` when given (for example the size of
     a data set).
     """
+    factor = scale()  # read (and checked) in both modes, so a typo is never silently ignored
     if is_quick():
         return quick
-    value = full * scale()
+    value = full * factor
     value = type(full)(round(value)) if isinstance(full, int) else value
     return min(value, cap) if cap is not None else value
 
