@@ -244,7 +244,7 @@ def _read_cache(path: Path, key: str, n: int) -> Tensor | None:
     try:
         blob = torch.load(path, weights_only=True)
     except Exception as err:  # a damaged cache is rebuilt, not fatal
-        warnings.warn(f"ignoring the unreadable CelebA cache {path} ({err}); decoding the images again")
+        warnings.warn(f"ignoring the unreadable CelebA cache {path} ({err}); decoding the images again", stacklevel=2)
         return None
     if blob.get("names_sha1") != key or len(blob["x"]) < n:
         return None  # other files, or fewer images than wanted: decode again
@@ -263,4 +263,4 @@ def _write_cache(path: Path, blob: dict) -> None:
             os.unlink(tmp)
             raise
     except OSError as err:  # a read-only data folder: work without the cache
-        warnings.warn(f"could not write the CelebA cache {path} ({err}); the next load will decode again")
+        warnings.warn(f"could not write the CelebA cache {path} ({err}); the next load will decode again", stacklevel=2)

@@ -503,7 +503,7 @@ def energy_u1(z: Tensor) -> Tensor:
     The target density is ``exp(-U(z)) / Z``.
     """
     _check_2d(z)
-    z1, z2 = z[..., 0], z[..., 1]
+    z1 = z[..., 0]
     ring = 0.5 * ((z.norm(dim=-1) - 2) / 0.4) ** 2
     # $U_1 = \frac12\left(\frac{\|z\| - 2}{0.4}\right)^2 - \ln\left(e^{-\frac12[(z_1-2)/0.6]^2} + e^{-\frac12[(z_1+2)/0.6]^2}\right)$
     lobes = torch.logaddexp(-0.5 * ((z1 - 2) / 0.6) ** 2, -0.5 * ((z1 + 2) / 0.6) ** 2)
