@@ -9,7 +9,15 @@ R^n the codes should lie.
 The reconstruction term is the Bernoulli log-likelihood of the input under the
 decoder's pixel probabilities (binary cross-entropy, summed over pixels), the
 same term a VAE uses, so the two can be compared. Imports torch and
-:mod:`vaetut.distributions` only.
+:mod:`vaetut.distributions` only. To use it outside vaetut, copy this file and
+``distributions.py`` into one folder; then, from that folder::
+
+    import torch
+    from autoencoder import Autoencoder
+
+    model = Autoencoder(latent_dim=2)
+    x = torch.rand(8, 1, 28, 28)                   # pixels in [0, 1]
+    print(model.reconstruction(x).log_px_z.shape)  # torch.Size([8])
 """
 
 from __future__ import annotations
@@ -19,7 +27,10 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .distributions import check_images, check_unit_interval, log_bernoulli
+try:  # inside the vaetut package
+    from .distributions import check_batch, check_count, log_bernoulli
+except ImportError:  # copied into a folder beside distributions.py (see the module docstring)
+    from distributions import check_batch, check_count, log_bernoulli  # type: ignore[no-redef]
 
 __all__ = ["Autoencoder", "Reconstruction"]
 
@@ -50,17 +61,17 @@ class Autoencoder(nn.Module):
 
     def __init__(self, image_shape: tuple[int, int, int] = (1, 28, 28), latent_dim: int = 2, hidden=(512, 256)):
         super().__init__()
-        if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
-            raise ValueError(f"latent_dim must be a positive integer, got {latent_dim!r}")
-        self.image_shape = tuple(image_shape)
+        latent_dim = check_count(latent_dim, "latent_dim")
+        hidden = tuple(check_count(h, "each hidden width") for h in hidden)
+        self.image_shape = tuple(check_count(s, "each image_shape size") for s in image_shape)
         self.latent_dim = latent_dim
         d = int(torch.tensor(self.image_shape).prod())
         self.encoder = nn.Sequential(nn.Flatten(), _mlp([d, *hidden, latent_dim]))
         self.decoder = nn.Sequential(_mlp([latent_dim, *hidden[::-1], d]), nn.Unflatten(1, self.image_shape))
 
     def check_input(self, x: Tensor) -> None:
-        check_images(x, self.image_shape)
-        check_unit_interval(x)
+        """Raise ValueError with a hint unless x is a ``[B, C, H, W]`` batch of pixels in [0, 1]."""
+        check_batch(x, self.image_shape, dtype=self.decoder[0][0].weight.dtype, unit_interval=True)
 
     def encode(self, x: Tensor) -> Tensor:
         """The code z = f(x), ``[B, n]``."""

@@ -10,7 +10,8 @@ of that one method this module writes, once for every model:
 * ``log_likelihood``: the same estimator with a large k (5000 in Burda et al.),
   the standard way to report test log-likelihoods of VAEs, in nats.
 
-Taught in the chapters "The ELBO" and "Gaussian VAE". Imports only torch.
+Taught in the chapters "The ELBO" and "Gaussian VAE". Imports torch and
+:mod:`vaetut.distributions` only.
 """
 
 from __future__ import annotations
@@ -21,17 +22,17 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+try:  # inside the vaetut package
+    from .distributions import check_count
+except ImportError:  # copied into a folder beside distributions.py
+    from distributions import check_count  # type: ignore[no-redef]
+
 __all__ = ["HasLogWeights", "iwae_bound", "log_likelihood"]
 
 
 class HasLogWeights(Protocol):
     def log_weights(self, x: Tensor, k: int) -> Tensor:  # [k, B]
         ...
-
-
-def _check_k(k: int, name: str = "k") -> None:
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"{name} must be a positive integer number of samples, got {k!r}")
 
 
 @torch.no_grad()
@@ -64,15 +65,15 @@ def log_likelihood(
     Returns:
         ``[N]`` estimates of log p(x) (float64 accumulation, returned as x's float dtype).
     """
-    _check_k(k)
-    _check_k(batch_size, "batch_size")
+    k = check_count(k, "k", hint="the number of importance samples")
+    batch_size = check_count(batch_size, "batch_size")
     if x.dim() < 2:
         raise ValueError(f"x must be a batch [N, ...], got shape {tuple(x.shape)}")
     device = _model_device(model, x)
     per_example = max(1, x[0].numel())
     if chunk is None:
         chunk = max(1, min(k, max_elements // (per_example * min(batch_size, len(x)))))
-    _check_k(chunk, "chunk")
+    chunk = check_count(chunk, "chunk")
     out = []
     for start in range(0, len(x), batch_size):
         xb = x[start : start + batch_size].to(device)
@@ -96,7 +97,7 @@ def iwae_bound(model: HasLogWeights, x: Tensor, k: int) -> Tensor:
     one-sample ELBO. Unlike :func:`log_likelihood` this keeps the graph, so it can
     be trained on (the IWAE objective).
     """
-    _check_k(k)
+    k = check_count(k, "k", hint="the number of importance samples")
     lw = model.log_weights(x, k)  # [k, B]
     return torch.logsumexp(lw, dim=0) - math.log(k)
 

@@ -48,6 +48,7 @@ from torchvision.datasets.utils import check_integrity
 
 from .config import data_root
 from .data import DataNotFoundError
+from .distributions import check_count
 
 __all__ = ["load_celeba", "CELEBA_FILES", "CELEBA_SPLITS", "CELEBA_URL"]
 
@@ -101,13 +102,10 @@ def load_celeba(
     """
     if split not in CELEBA_SPLITS:
         raise ValueError(f"split must be one of {tuple(CELEBA_SPLITS)}, got {split!r}")
-    for name, value in (("size", size), ("crop", crop)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    size, crop = check_count(size, "size"), check_count(crop, "crop")
     if crop > min(ALIGNED_SIZE):
         raise ValueError(f"crop must be at most {min(ALIGNED_SIZE)} (the aligned images are 178x218), got {crop}")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
+    limit = None if limit is None else check_count(limit, "limit")
     root = Path(root if root is not None else data_root()).expanduser()
     folder = root / "celeba"
 

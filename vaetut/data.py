@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from .config import data_root
+from .distributions import check_count
 
 __all__ = ["load_mnist", "DataNotFoundError", "MNIST_FILES"]
 
@@ -68,8 +69,7 @@ def load_mnist(
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
+    limit = None if limit is None else check_count(limit, "limit")
     root = Path(root if root is not None else data_root()).expanduser()
     try:
         from torchvision.datasets import MNIST

@@ -28,6 +28,7 @@ from torch import Tensor
 from torch.distributions import Normal, kl_divergence
 
 from .bounds import log_likelihood
+from .distributions import check_count
 
 __all__ = [
     "posterior_stats",
@@ -73,8 +74,7 @@ def posterior_stats(model, x: Tensor, batch_size: int = 500) -> tuple[Tensor, Te
     Returns:
         ``mu, log_var``: each ``[N, D]``, on the CPU.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    batch_size = check_count(batch_size, "batch_size")
     if not torch.is_tensor(x) or x.dim() < 2 or len(x) == 0:
         got = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
         raise ValueError(f"x must be a non-empty batch [N, ...], got {got}")
@@ -166,9 +166,9 @@ def elbo_gap(model, x: Tensor, k: int = 1000, *, elbo_samples: int = 100, batch_
     Returns:
         ``[N]``, in nats.
     """
-    for name, value in (("k", k), ("elbo_samples", elbo_samples), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    k, elbo_samples, batch_size = (
+        check_count(v, name) for v, name in ((k, "k"), (elbo_samples, "elbo_samples"), (batch_size, "batch_size"))
+    )
     log_px = log_likelihood(model, x, k, batch_size=batch_size)  # [N]
     params = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
     device = params.device if params is not None else x.device

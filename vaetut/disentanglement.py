@@ -32,6 +32,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from .distributions import check_count
+
 __all__ = ["MIG", "discretize", "entropy", "mutual_information", "mutual_information_matrix", "mig"]
 
 
@@ -64,8 +66,7 @@ def discretize(z: Tensor, n_bins: int = 20) -> Tensor:
     if not torch.is_tensor(z) or z.dim() != 2 or len(z) == 0:
         got = tuple(z.shape) if torch.is_tensor(z) else type(z).__name__
         raise ValueError(f"z must be a non-empty [N, D] matrix of codes (examples x units), got {got}")
-    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 2:
-        raise ValueError(f"n_bins must be an integer of at least 2, got {n_bins!r}")
+    n_bins = check_count(n_bins, "n_bins", minimum=2)
     z = z.double()
     lo, hi = z.min(0).values, z.max(0).values  # [D]
     width = (hi - lo).clamp_min(torch.finfo(z.dtype).tiny)

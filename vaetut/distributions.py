@@ -20,6 +20,7 @@ This module imports only torch, so it can be copied alone.
 from __future__ import annotations
 
 import math
+import operator
 from typing import NamedTuple
 
 import torch
@@ -35,8 +36,9 @@ __all__ = [
     "log_standard_normal",
     "log_bernoulli",
     "log_gaussian",
-    "check_unit_interval",
-    "check_images",
+    "check_count",
+    "check_batch",
+    "check_values",
 ]
 
 
@@ -112,29 +114,87 @@ def log_standard_normal(z: Tensor) -> Tensor:
     return -0.5 * (LOG_2PI + z.pow(2)).sum(-1)
 
 
-def check_unit_interval(x: Tensor) -> None:
-    """Raise ValueError unless every entry of ``x`` lies in [0, 1] (Bernoulli targets)."""
-    if x.numel() and (x.min() < 0 or x.max() > 1):
+def check_count(value: object, name: str, minimum: int = 1, hint: str = "") -> int:
+    """``value`` as a Python int, or ValueError unless it is an integer >= ``minimum``.
+
+    Accepts Python and NumPy integers (anything with ``__index__``); refuses bools,
+    floats and strings, whose meaning as a count is a guess. ``hint`` is added to
+    the message (what the number means, or what to use instead).
+    """
+    wanted = "a positive integer" if minimum == 1 else f"an integer of at least {minimum}"
+    hint = f" ({hint})" if hint else ""
+    if isinstance(value, bool) or not hasattr(value, "__index__") or (torch.is_tensor(value) and value.numel() != 1):
+        raise ValueError(f"{name} must be {wanted}{hint}, got {value!r} ({type(value).__name__})")
+    number = operator.index(value)
+    if number < minimum:
+        raise ValueError(f"{name} must be {wanted}{hint}, got {number}")
+    return number
+
+
+def check_batch(
+    x: object,
+    event_shape: tuple[int, ...],
+    *,
+    dtype: torch.dtype | None = None,
+    unit_interval: bool = False,
+    name: str = "x",
+) -> None:
+    """Raise ValueError with a hint unless ``x`` is a batch this model takes.
+
+    The checks, in order: a tensor of shape ``[B, *event_shape]`` with B >= 1,
+    floating point, of the model's ``dtype`` (when given), and, for tensors on the
+    CPU, finite and (``unit_interval``) inside [0, 1]. The value checks read every
+    entry, which on an accelerator would make each training step wait for the
+    device; there :func:`vaetut.train.fit` and :func:`vaetut.bounds.log_likelihood`
+    check the whole data set once, with ``check_values``, before they start.
+
+    Args:
+        x: the batch.
+        event_shape: the shape of one example, e.g. ``(1, 28, 28)``.
+        dtype: the model's parameter dtype.
+        unit_interval: pixels are Bernoulli targets and must lie in [0, 1].
+        name: what to call ``x`` in the message.
+    """
+    shape = tuple(int(s) for s in event_shape)
+    dims = ", ".join(map(str, shape))
+    if not torch.is_tensor(x) or x.dim() != len(shape) + 1 or tuple(x.shape[1:]) != shape:
+        got = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+        single = f"; a single example needs a batch dimension: {name}.unsqueeze(0)" if torch.is_tensor(x) and tuple(x.shape) == shape else ""
+        noun = "a batch of images" if len(shape) == 3 else "a batch"
         raise ValueError(
-            f"Bernoulli likelihood needs targets in [0, 1], got values in "
+            f"expected {noun} {name} of shape [B, {dims}], got {got}"
+            + (single or f". A flat batch can be reshaped with {name}.view(-1, {dims})")
+        )
+    if len(x) == 0:
+        raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)}): pass at least one example")
+    if not x.is_floating_point():
+        hint = f"{name}.float() / 255" if x.dtype == torch.uint8 else f"{name}.float()"
+        raise ValueError(f"expected floating-point {name}, got dtype {x.dtype}; use {hint}")
+    if dtype is not None and x.dtype != dtype:
+        raise ValueError(
+            f"{name} is {x.dtype} but the model's parameters are {dtype}: convert one to the other, "
+            f"e.g. {name}.to({dtype}) or model.to({x.dtype})"
+        )
+    if x.device.type == "cpu":
+        check_values(x, unit_interval=unit_interval, name=name)
+
+
+def check_values(x: Tensor, *, unit_interval: bool = False, name: str = "x") -> None:
+    """Raise ValueError if ``x`` holds NaN or infinite entries, or (``unit_interval``)
+    entries outside [0, 1]. Reads every entry (one device synchronisation)."""
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise ValueError(
+            f"{name} holds {bad} NaN or infinite value(s) out of {x.numel()}; clean the data "
+            "(e.g. torch.nan_to_num) or find where they come from before training or evaluating"
+        )
+    if unit_interval and x.numel() and bool((x.min() < 0) | (x.max() > 1)):
+        raise ValueError(
+            f"a Bernoulli likelihood needs targets in [0, 1], got {name} with values in "
             f"[{x.min().item():.3g}, {x.max().item():.3g}]. Scale images to [0, 1] "
             "(divide uint8 pixels by 255) or use likelihood='gaussian'."
         )
-
-
-def check_images(x: Tensor, image_shape: tuple[int, ...]) -> None:
-    """Raise ValueError with a hint unless ``x`` is a float batch ``[B, *image_shape]``."""
-    shape = tuple(image_shape)
-    if not torch.is_tensor(x) or x.dim() != len(shape) + 1 or tuple(x.shape[1:]) != shape:
-        got = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
-        dims = ", ".join(map(str, shape))
-        raise ValueError(
-            f"expected a batch of images of shape [B, {dims}], got {got}. "
-            f"A flat batch can be reshaped with x.view(-1, {dims}); "
-            "a single image needs a batch dimension: x.unsqueeze(0)."
-        )
-    if not x.is_floating_point():
-        raise ValueError(f"expected floating-point pixels, got dtype {x.dtype}; use x.float() / 255")
 
 
 def log_bernoulli(x: Tensor, logits: Tensor) -> Tensor:

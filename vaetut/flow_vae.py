@@ -19,7 +19,17 @@ of the same features, which the first layer of every MADE or planar head applies
 anyway).
 
 Imports torch, :mod:`vaetut.vae` (encoder, decoder, likelihoods), :mod:`vaetut.flows`
-and :mod:`vaetut.distributions` (which :mod:`vaetut.vae` needs too).
+and :mod:`vaetut.distributions` (which :mod:`vaetut.vae` needs too). To use it outside
+vaetut, copy this file, ``vae.py``, ``flows.py`` and ``distributions.py`` into one
+folder; then, from that folder::
+
+    import torch
+    from flow_vae import FlowVAE
+
+    model = FlowVAE(flow="iaf", steps=2, latent_dim=4, hidden=(64,))
+    x = torch.rand(8, 1, 28, 28)                   # pixels in [0, 1]
+    print(model.elbo(x).elbo.shape)                # torch.Size([8])
+    print(model.log_weights(x, k=5).shape)         # torch.Size([5, 8])
 """
 
 from __future__ import annotations
@@ -29,9 +39,14 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .distributions import ELBO, log_normal, log_standard_normal, reparameterize
-from .flows import FlowStack, PlanarFlow, iaf
-from .vae import VAE, VAEConfig, _check_k
+try:  # inside the vaetut package
+    from .distributions import ELBO, check_count, log_normal, log_standard_normal, reparameterize
+    from .flows import FlowStack, PlanarFlow, iaf
+    from .vae import VAE, VAEConfig
+except ImportError:  # copied into a folder with the three files it names (see the module docstring)
+    from distributions import ELBO, check_count, log_normal, log_standard_normal, reparameterize  # type: ignore[no-redef]
+    from flows import FlowStack, PlanarFlow, iaf  # type: ignore[no-redef]
+    from vae import VAE, VAEConfig  # type: ignore[no-redef]
 
 __all__ = ["FlowVAE", "FLOWS"]
 
@@ -68,11 +83,7 @@ class FlowVAE(VAE):
         super().__init__(config, **overrides)
         if flow not in FLOWS:
             raise ValueError(f"flow must be one of {FLOWS}, got {flow!r}")
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(
-                f"steps must be a positive integer number of flow steps, got {steps!r}; "
-                "for a plain diagonal posterior use vaetut.vae.VAE"
-            )
+        steps = check_count(steps, "steps", hint="the number of flow steps; for a plain diagonal posterior use VAE")
         d, f = self.latent_dim, self.feature_dim
         self.flow_kind = flow
         if flow == "planar":
@@ -110,7 +121,7 @@ class FlowVAE(VAE):
 
     def log_weights(self, x: Tensor, k: int) -> Tensor:
         """log p(x, z_i) - log q(z_i|x) for k samples z_i ~ q(z|x): ``[k, B]``."""
-        _check_k(k)
+        k = check_count(k, "k")
         z, log_q = self.posterior(x, k)  # [k, B, D], [k, B]
         return self.log_px_z(x, self.decode(z)) + log_standard_normal(z) - log_q
 

@@ -24,7 +24,16 @@ z_0 ~ q_0 and z_T = f_T(...f_1(z_0))::
 
     log q_T(z_T) = log q_0(z_0) - sum_t log |det dz_t/dz_{t-1}|      (ERRATA §5.1)
 
-Imports torch and :mod:`vaetut.distributions` only.
+Imports torch and :mod:`vaetut.distributions` only. To use it outside vaetut, copy
+this file and ``distributions.py`` into one folder; then, from that folder::
+
+    import torch
+    from flows import PlanarFlow, iaf
+
+    z = torch.randn(8, 2)
+    z_new, log_det = PlanarFlow(2)(z)              # [8, 2], [8]
+    z_new, log_det = iaf(2, steps=2, hidden=(16,))(z)
+    print(z_new.shape, log_det.shape)              # torch.Size([8, 2]) torch.Size([8])
 """
 
 from __future__ import annotations
@@ -37,7 +46,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .distributions import log_standard_normal
+try:  # inside the vaetut package
+    from .distributions import check_count, log_standard_normal
+except ImportError:  # copied into a folder beside distributions.py (see the module docstring)
+    from distributions import check_count, log_standard_normal  # type: ignore[no-redef]
 
 __all__ = [
     "FlowStack",
@@ -63,11 +75,6 @@ __all__ = [
 
 
 # ----------------------------------------------------------------- checks
-def _check_positive_int(value: int, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
 def _check_z(z: Tensor, dim: int, what: str = "z") -> None:
     """Raise ValueError unless ``z`` is a floating ``[..., dim]`` batch."""
     if not torch.is_tensor(z) or z.dim() < 2 or z.shape[-1] != dim:
@@ -142,7 +149,7 @@ class FlowStack(nn.Module):
         self, n: int, context: Tensor | None = None, generator: torch.Generator | None = None
     ) -> tuple[Tensor, Tensor]:
         """n reparameterized draws z_T of the flow over a N(0, I) base and their log q_T, ``[n, D]``, ``[n]``."""
-        _check_positive_int(n, "n")
+        n = check_count(n, "n")
         p = next(self.parameters())
         z0 = torch.randn(n, self.dim, generator=generator, dtype=p.dtype).to(p.device)
         z, log_det = self(z0, context)
@@ -236,7 +243,7 @@ class PlanarFlow(nn.Module):
 
     def __init__(self, dim: int, context_dim: int | None = None, init_scale: float = 0.1):
         super().__init__()
-        _check_positive_int(dim, "dim")
+        dim = check_count(dim, "dim")
         self.dim, self.context_dim = dim, context_dim
         w = torch.randn(dim) / math.sqrt(dim)  # [D], |w| about 1
         # $m(a) = 0$ at $a = \log(e - 1)$: the u that makes $w^\top \hat u = 0$
@@ -246,7 +253,7 @@ class PlanarFlow(nn.Module):
             self.w = nn.Parameter(w)
             self.b = nn.Parameter(torch.zeros(()))
         else:
-            _check_positive_int(context_dim, "context_dim")
+            context_dim = check_count(context_dim, "context_dim")
             self.head = nn.Linear(context_dim, 2 * dim + 1)
             nn.init.normal_(self.head.weight, std=init_scale / math.sqrt(context_dim))
             with torch.no_grad():
@@ -291,7 +298,7 @@ def made_degrees(
         hidden units cycle through ``1..D-1`` (``0..D-1`` if conditional) so every
         degree is used.
     """
-    _check_positive_int(dim, "dim")
+    dim = check_count(dim, "dim")
     if order is None:
         order = torch.arange(dim)
     order = torch.as_tensor(order)
@@ -299,7 +306,7 @@ def made_degrees(
         raise ValueError(f"order must be a permutation of 0..{dim - 1}, got {order.tolist()}")
     degrees = [order + 1]
     for h in hidden:
-        _check_positive_int(h, "hidden width")
+        h = check_count(h, "hidden width")
         degrees.append(torch.arange(h) % dim if conditional else torch.arange(h) % max(dim - 1, 1) + 1)  # [H]
     return degrees
 
@@ -357,7 +364,7 @@ class MADE(nn.Module):
         hidden = tuple(hidden)
         if not hidden:
             raise ValueError("MADE needs at least one hidden layer, e.g. hidden=(64,)")
-        _check_positive_int(n_params, "n_params")
+        n_params = check_count(n_params, "n_params")
         self.dim, self.n_params, self.context_dim = dim, n_params, context_dim
         degrees = made_degrees(dim, hidden, order, conditional=context_dim is not None)
         self.register_buffer("order", degrees[0] - 1)
@@ -367,7 +374,7 @@ class MADE(nn.Module):
             MaskedLinear(a, b, m) for a, b, m in zip(sizes[:-1], sizes[1:], masks)
         )
         if context_dim is not None:
-            _check_positive_int(context_dim, "context_dim")
+            context_dim = check_count(context_dim, "context_dim")
             self.context = nn.Linear(context_dim, hidden[0], bias=False)
 
     def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, ...]:
@@ -478,7 +485,7 @@ def iaf(
     sigma_bias: float = 2.0,
 ) -> FlowStack:
     """T IAF steps, the order reversed between consecutive steps (as in Kingma et al. 2016)."""
-    _check_positive_int(steps, "steps")
+    steps = check_count(steps, "steps")
     forward_order = torch.arange(dim)
     return FlowStack(
         IAFStep(dim, hidden, context_dim, forward_order if t % 2 == 0 else forward_order.flip(0), sigma_bias)
@@ -566,8 +573,8 @@ def fit_energy(
         ``[steps]`` the loss at each step with beta = 1 (the free energy, >= -log Z;
         averaged over the E targets when there are several).
     """
-    _check_positive_int(steps, "steps")
-    _check_positive_int(batch_size, "batch_size")
+    steps = check_count(steps, "steps")
+    batch_size = check_count(batch_size, "batch_size")
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(flow.parameters(), lr=lr)
     losses = torch.empty(steps)

@@ -28,7 +28,10 @@ from typing import Callable, NamedTuple
 import torch
 from torch import Tensor
 
-from .distributions import reparameterize
+try:  # inside the vaetut package
+    from .distributions import check_count, reparameterize
+except ImportError:  # copied into a folder beside distributions.py
+    from distributions import check_count, reparameterize  # type: ignore[no-redef]
 
 __all__ = ["Grad", "reparam_grad", "score_function_grad"]
 
@@ -136,8 +139,7 @@ def _draws(mu: Tensor, log_var: Tensor, n: int, eps: Tensor | None, generator: t
     if not torch.is_tensor(log_var) or log_var.shape != mu.shape:
         got = tuple(log_var.shape) if torch.is_tensor(log_var) else type(log_var).__name__
         raise ValueError(f"log_var must have the shape of mu, [{mu.shape[0]}], got {got}")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive integer number of samples, got {n!r}")
+    n = check_count(n, "n", hint="the number of samples")
     if eps is None:
         return torch.randn(n, mu.shape[0], generator=generator, dtype=mu.dtype).to(mu.device)
     if tuple(eps.shape) != (n, mu.shape[0]):

@@ -39,7 +39,16 @@ averages, so each example's value depends on that example only and
 ``log_weights(x, k).mean(0)`` estimates the same quantity as ``elbo(x).elbo``.
 Evaluate bounds, samples and reconstructions in evaluation mode.
 
-Imports torch and :mod:`vaetut.distributions` only.
+Imports torch and :mod:`vaetut.distributions` only. To use it outside vaetut, copy
+this file and ``distributions.py`` into one folder; then, from that folder::
+
+    import torch
+    from ladder_vae import LadderVAE
+
+    model = LadderVAE(latent_dims=(8, 4), hidden=(64, 32))
+    x = torch.rand(8, 1, 28, 28)                   # pixels in [0, 1]
+    print(model.elbo(x).kl_layers.shape)           # torch.Size([8, 2])
+    print(model.log_weights(x, k=5).shape)         # torch.Size([5, 8])
 """
 
 from __future__ import annotations
@@ -51,7 +60,17 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .distributions import check_images, check_unit_interval, kl_normal, log_bernoulli, log_normal, reparameterize
+try:  # inside the vaetut package
+    from .distributions import check_batch, check_count, kl_normal, log_bernoulli, log_normal, reparameterize
+except ImportError:  # copied into a folder beside distributions.py (see the module docstring)
+    from distributions import (  # type: ignore[no-redef]
+        check_batch,
+        check_count,
+        kl_normal,
+        log_bernoulli,
+        log_normal,
+        reparameterize,
+    )
 
 __all__ = ["LadderVAEConfig", "LadderVAE", "LadderELBO", "Layer", "precision_weighted"]
 
@@ -79,8 +98,9 @@ class LadderVAEConfig:
     min_var: float = 1e-6
 
     def __post_init__(self) -> None:
-        if len(self.image_shape) != 3 or any(_bad_size(s) for s in self.image_shape):
-            raise ValueError(f"image_shape must be (C, H, W) with positive integer sizes, got {self.image_shape!r}")
+        if not isinstance(self.image_shape, (tuple, list)) or len(self.image_shape) != 3:
+            raise ValueError(f"image_shape must be (C, H, W), got {self.image_shape!r}")
+        object.__setattr__(self, "image_shape", tuple(check_count(s, "each image_shape size") for s in self.image_shape))
         if not isinstance(self.latent_dims, (tuple, list)) or len(self.latent_dims) == 0:
             raise ValueError(
                 f"latent_dims must be a non-empty tuple with one size per stochastic layer, e.g. (64, 32), "
@@ -92,9 +112,8 @@ class LadderVAEConfig:
                 f"has {len(self.latent_dims)} layers but hidden={self.hidden!r}"
             )
         for name in ("latent_dims", "hidden"):
-            sizes = getattr(self, name)
-            if any(_bad_size(s) for s in sizes):
-                raise ValueError(f"{name} must hold positive integers, got {sizes!r}")
+            sizes = tuple(check_count(s, f"each entry of {name}") for s in getattr(self, name))
+            object.__setattr__(self, name, sizes)  # NumPy integers become Python ints
         if not self.min_var >= 0:
             raise ValueError(f"min_var must be >= 0, got {self.min_var!r}")
 
@@ -102,10 +121,6 @@ class LadderVAEConfig:
     def layers(self) -> int:
         """The number of stochastic layers L."""
         return len(self.latent_dims)
-
-
-def _bad_size(s: object) -> bool:
-    return isinstance(s, bool) or not isinstance(s, int) or s < 1
 
 
 class LadderELBO(NamedTuple):
@@ -229,8 +244,7 @@ class LadderVAE(nn.Module):
 
     def check_input(self, x: Tensor) -> None:
         """Raise ValueError with a hint unless x is a ``[B, C, H, W]`` batch of pixels in [0, 1]."""
-        check_images(x, self.config.image_shape)
-        check_unit_interval(x)
+        check_batch(x, self.config.image_shape, dtype=self.decoder[-1].weight.dtype, unit_interval=True)
 
     def bottom_up(self, x: Tensor) -> list[tuple[Tensor, Tensor]]:
         """The deterministic pass: ``(mu_hat_i, var_hat_i)`` for i = 1..L, each ``[B, D_i]``."""
@@ -271,7 +285,7 @@ class LadderVAE(nn.Module):
             ``[layer_1, ..., layer_L]``.
         """
         if k is not None:
-            _check_count(k, "k")
+            k = check_count(k, "k")
         estimates = self.bottom_up(x)
         lead = () if k is None else (k,)
         layers: list[Layer] = []
@@ -311,7 +325,7 @@ class LadderVAE(nn.Module):
         log q(z | x) = sum_i log q(z_i | z_{i+1}, x). Runs in the module's current
         mode, like :meth:`elbo` (use ``model.eval()`` for evaluation).
         """
-        _check_count(k, "k")
+        k = check_count(k, "k")
         layers = self.posterior(x, k)
         log_px_z = log_bernoulli(x, self.decode(layers[0].z))  # [k, B]
         # $\log w = \log p(x|z_1) + \sum_i [\log p(z_i|z_{i+1}) - \log q(z_i|z_{i+1},x)]$
@@ -320,6 +334,10 @@ class LadderVAE(nn.Module):
         return log_px_z + log_pz - log_qz
 
     # ---------------------------------------------------- sampling and means
+    def _noise_device(self, generator: torch.Generator | None) -> torch.device:
+        """The generator's device when one is given, else the parameters' device."""
+        return generator.device if generator is not None else self.decoder[-1].weight.device
+
     @torch.no_grad()
     def generate(self, eps: list[Tensor]) -> Tensor:
         """Decoder means for given standard normal noise, one ``[n, D_i]`` per layer, bottom first.
@@ -329,20 +347,21 @@ class LadderVAE(nn.Module):
         """
         if len(eps) != self.layers:
             raise ValueError(f"generate needs one noise tensor per layer ({self.layers}), got {len(eps)}")
-        device = self.decoder[-1].weight.device
-        z = eps[-1].to(device)
+        weight = self.decoder[-1].weight
+        eps = [e.to(weight.device, weight.dtype) for e in eps]
+        z = eps[-1]
         for i in range(self.layers - 1, 0, -1):
             mu_p, var_p = self.prior(i, z)
-            z = reparameterize(mu_p, var_p.log(), eps[i - 1].to(device))
+            z = reparameterize(mu_p, var_p.log(), eps[i - 1])
         return torch.sigmoid(self.decode(z))
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Decoder means for n draws from the generative model, ``[n, C, H, W]``."""
-        _check_count(n, "n")
+        n = check_count(n, "n")
         eps = [None] * self.layers
         for i in range(self.layers - 1, -1, -1):  # draw the top layer's noise first
-            eps[i] = torch.randn(n, self.config.latent_dims[i], generator=generator, device="cpu")
+            eps[i] = torch.randn(n, self.config.latent_dims[i], generator=generator, device=self._noise_device(generator))
         return self.generate(eps)
 
     @torch.no_grad()
@@ -363,18 +382,19 @@ class LadderVAE(nn.Module):
         Returns:
             ``[n, C, H, W]`` decoder means.
         """
-        _check_count(n, "n")
-        free = {free} if isinstance(free, int) else set(free)
-        bad = [i for i in free if isinstance(i, bool) or not isinstance(i, int) or not 1 <= i <= self.layers]
-        if bad:
+        n = check_count(n, "n")
+        free = {free} if hasattr(free, "__index__") else set(free)
+        free = {check_count(i, f"each free layer (1..{self.layers}, 1 = bottom)") for i in free}
+        if not all(1 <= i <= self.layers for i in free):
             raise ValueError(f"free layers must be integers in 1..{self.layers} (1 = bottom), got {sorted(free)}")
         eps = [None] * self.layers
+        device = self._noise_device(generator)
         for i in range(self.layers, 0, -1):
             d = self.config.latent_dims[i - 1]
             if i in free:
-                eps[i - 1] = torch.randn(n, d, generator=generator, device="cpu")
+                eps[i - 1] = torch.randn(n, d, generator=generator, device=device)
             else:
-                eps[i - 1] = torch.randn(1, d, generator=generator, device="cpu").expand(n, d)
+                eps[i - 1] = torch.randn(1, d, generator=generator, device=device).expand(n, d)
         return self.generate(eps)
 
     @torch.no_grad()
@@ -391,8 +411,3 @@ class LadderVAE(nn.Module):
         diagnostic (a unit is active when the variance over x of E_q[z_i] is large).
         """
         return [layer.mu.mean(0) for layer in self.posterior(x, k)]
-
-
-def _check_count(k: int, name: str) -> None:
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"{name} must be a positive integer, got {k!r}")

@@ -38,7 +38,10 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .distributions import ELBO, log_gaussian, log_standard_normal
+try:  # inside the vaetut package
+    from .distributions import ELBO, check_count, log_gaussian, log_standard_normal
+except ImportError:  # copied into a folder beside distributions.py (see the module docstring)
+    from distributions import ELBO, check_count, log_gaussian, log_standard_normal  # type: ignore[no-redef]
 
 __all__ = ["LinearGaussian", "WithQ"]
 
@@ -105,9 +108,7 @@ class LinearGaussian:
         dtype: torch.dtype = torch.float64,
     ) -> "LinearGaussian":
         """A model with W and b drawn from N(0, 1) and noise scale ``s``."""
-        for name, v in (("d", d), ("n", n)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        d, n = check_count(d, "d"), check_count(n, "n")
         if not s > 0:
             raise ValueError(f"the noise scale s must be positive, got {s!r}")
         W = torch.randn(d, n, generator=generator, dtype=dtype)
@@ -163,8 +164,7 @@ class LinearGaussian:
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Draw ``n`` points x ~ p(x) by ancestral sampling: ``[n, d]``."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive integer number of samples, got {n!r}")
+        n = check_count(n, "n", hint="the number of samples")
         opts = dict(generator=generator, dtype=self.W.dtype)
         z = torch.randn(n, self.n, **opts).to(self.W.device)  # [n, n_latent]
         noise = torch.randn(n, self.d, **opts).to(self.W.device)  # [n, d]
@@ -223,8 +223,7 @@ class LinearGaussian:
             x: ``[B, d]``; q_mean: ``[B, n]``; q_cov: ``[n, n]`` or ``[B, n, n]``.
             k: number of samples per example (>= 1).
         """
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be a positive integer number of samples, got {k!r}")
+        k = check_count(k, "k", hint="the number of samples")
         L = self._check_q(x, q_mean, q_cov)
         B = x.shape[0]
         eps = torch.randn(k, B, self.n, generator=generator, dtype=x.dtype).to(x.device)  # [k, B, n]

@@ -38,6 +38,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from .distributions import check_count
+
 __all__ = [
     "FACTORS",
     "FACTOR_SIZES",
@@ -175,9 +177,7 @@ def render(values: Tensor, size: int = 32, *, supersample: int = 1, chunk: int =
     if not torch.is_tensor(values) or values.dim() != 2 or values.shape[1] != len(FACTORS):
         got = tuple(values.shape) if torch.is_tensor(values) else type(values).__name__
         raise ValueError(f"values must be [N, {len(FACTORS)}] in the order {FACTORS}, got {got}")
-    for name, v in (("size", size), ("supersample", supersample), ("chunk", chunk)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    size, supersample, chunk = (check_count(v, name) for v, name in ((size, "size"), (supersample, "supersample"), (chunk, "chunk")))
     out = []
     for v in values.float().split(chunk):
         out.append(_render_chunk(v, size, supersample))
@@ -202,10 +202,8 @@ def make_shapes(n: int, size: int = 32, *, seed: int = 0, supersample: int = 1) 
         :class:`Shapes` with ``images [n, 1, size, size]``, ``factors [n, 5]`` (long)
         and ``values [n, 5]`` (float).
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive integer number of images, got {n!r}")
-    if isinstance(size, bool) or not isinstance(size, int) or size < 8:
-        raise ValueError(f"size must be an integer of at least 8 pixels (32 or 64 are typical), got {size!r}")
+    n = check_count(n, "n", hint="the number of images")
+    size = check_count(size, "size", minimum=8, hint="in pixels; 32 or 64 are typical")
     g = torch.Generator().manual_seed(seed)
     factors = torch.stack([torch.randint(k, (n,), generator=g) for k in FACTOR_SIZES], dim=1)  # [n, 5]
     values = factor_values(factors)

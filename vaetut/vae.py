@@ -14,7 +14,16 @@ bounds in :mod:`vaetut.bounds` work for all of them:
 * ``sample(n)`` -> ``[n, C, H, W]`` decoder means for z from the prior;
 * ``reconstruct(x)`` -> ``[B, C, H, W]`` decoder means at z = E_q[z].
 
-Imports torch and :mod:`vaetut.distributions` only.
+Imports torch and :mod:`vaetut.distributions` only. To use it outside vaetut, copy
+this file and ``distributions.py`` into one folder; then, from that folder::
+
+    import torch
+    from vae import VAE
+
+    model = VAE(latent_dim=2)                      # 784-400-2 MLP, Bernoulli decoder
+    x = torch.rand(8, 1, 28, 28)                   # pixels in [0, 1]
+    print(model.elbo(x).elbo.shape)                # torch.Size([8])
+    print(model.log_weights(x, k=5).shape)         # torch.Size([5, 8])
 """
 
 from __future__ import annotations
@@ -25,22 +34,36 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor, nn
 
-from .distributions import (
-    ELBO,
-    check_images,
-    check_unit_interval,
-    kl_normal,
-    log_bernoulli,
-    log_gaussian,
-    log_normal,
-    log_standard_normal,
-    reparameterize,
-)
+try:  # inside the vaetut package
+    from .distributions import (
+        ELBO,
+        check_batch,
+        check_count,
+        kl_normal,
+        log_bernoulli,
+        log_gaussian,
+        log_normal,
+        log_standard_normal,
+        reparameterize,
+    )
+except ImportError:  # copied into a folder beside distributions.py (see the module docstring)
+    from distributions import (  # type: ignore[no-redef]
+        ELBO,
+        check_batch,
+        check_count,
+        kl_normal,
+        log_bernoulli,
+        log_gaussian,
+        log_normal,
+        log_standard_normal,
+        reparameterize,
+    )
 
 __all__ = ["VAEConfig", "VAE", "mlp", "ConvEncoder", "ConvDecoder", "softclip"]
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 SIGMAS = ("learned", "optimal")
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
 
 @dataclass(frozen=True)
@@ -53,6 +76,8 @@ class VAEConfig:
         arch: ``"mlp"`` or ``"conv"``.
         hidden: MLP hidden widths, encoder order (the decoder mirrors them);
             ``()`` makes encoder and decoder linear (the paper's "linear VAE").
+        activation: ``"relu"`` or ``"tanh"`` (Burda et al.'s networks), after
+            every hidden layer of the MLP or convolutional networks.
         channels: conv widths, one stride-2 4x4 convolution each; H and W must be
             divisible by ``2 ** len(channels)``.
         likelihood: ``"bernoulli"`` (binary or grey-level pixels in [0, 1]) or
@@ -73,22 +98,26 @@ class VAEConfig:
     arch: str = "mlp"
     hidden: tuple[int, ...] = (400,)
     channels: tuple[int, ...] = (32, 64)
+    activation: str = "relu"
     likelihood: str = "bernoulli"
     sigma: float | str = 1.0
     min_log_sigma: float = -6.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.latent_dim, bool) or not isinstance(self.latent_dim, int) or self.latent_dim < 1:
-            raise ValueError(f"latent_dim must be a positive integer, got {self.latent_dim!r}")
-        if len(self.image_shape) != 3 or any(int(s) < 1 for s in self.image_shape):
-            raise ValueError(f"image_shape must be (C, H, W) with positive sizes, got {self.image_shape!r}")
+        # counts may come as NumPy integers: store them as Python ints
+        object.__setattr__(self, "latent_dim", check_count(self.latent_dim, "latent_dim"))
+        if not isinstance(self.image_shape, (tuple, list)) or len(self.image_shape) != 3:
+            raise ValueError(f"image_shape must be (C, H, W), got {self.image_shape!r}")
+        object.__setattr__(self, "image_shape", tuple(check_count(s, "each image_shape size") for s in self.image_shape))
         if self.arch not in ("mlp", "conv"):
             raise ValueError(f"arch must be 'mlp' or 'conv', got {self.arch!r}")
-        if any(int(h) < 1 for h in self.hidden):
-            raise ValueError(f"hidden widths must be positive, got {self.hidden!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {self.activation!r}")
+        object.__setattr__(self, "hidden", tuple(check_count(h, "each hidden width") for h in self.hidden))
+        object.__setattr__(self, "channels", tuple(check_count(c, "each conv width") for c in self.channels))
         if self.arch == "conv":
-            if not self.channels or any(int(c) < 1 for c in self.channels):
-                raise ValueError(f"conv channels must be a non-empty tuple of positive widths, got {self.channels!r}")
+            if not self.channels:
+                raise ValueError("arch='conv' needs at least one conv width in channels, e.g. channels=(32, 64)")
             f = 2 ** len(self.channels)
             if self.image_shape[1] % f or self.image_shape[2] % f:
                 raise ValueError(
@@ -130,14 +159,16 @@ def mlp(sizes: list[int], activation: type[nn.Module] = nn.ReLU) -> nn.Sequentia
 
 
 class ConvEncoder(nn.Module):
-    """Stride-2 4x4 convolutions with ReLU: ``[B, C, H, W]`` -> features ``[B, F]``."""
+    """Stride-2 4x4 convolutions, each followed by ``activation``: ``[B, C, H, W]`` -> features ``[B, F]``."""
 
-    def __init__(self, image_shape: tuple[int, int, int], channels: tuple[int, ...]):
+    def __init__(
+        self, image_shape: tuple[int, int, int], channels: tuple[int, ...], activation: type[nn.Module] = nn.ReLU
+    ):
         super().__init__()
         c, h, w = image_shape
         layers: list[nn.Module] = []
         for out in channels:
-            layers += [nn.Conv2d(c, out, 4, stride=2, padding=1), nn.ReLU()]
+            layers += [nn.Conv2d(c, out, 4, stride=2, padding=1), activation()]
             c, h, w = out, h // 2, w // 2
         self.net = nn.Sequential(*layers, nn.Flatten())
         self.out_features = c * h * w
@@ -149,20 +180,26 @@ class ConvEncoder(nn.Module):
 class ConvDecoder(nn.Module):
     """The mirror of :class:`ConvEncoder`: ``[N, D]`` -> ``[N, C, H, W]`` (no output activation)."""
 
-    def __init__(self, latent_dim: int, image_shape: tuple[int, int, int], channels: tuple[int, ...]):
+    def __init__(
+        self,
+        latent_dim: int,
+        image_shape: tuple[int, int, int],
+        channels: tuple[int, ...],
+        activation: type[nn.Module] = nn.ReLU,
+    ):
         super().__init__()
         c, h, w = image_shape
         f = 2 ** len(channels)
         widths = list(channels[::-1]) + [c]  # e.g. [64, 32, 1]
         layers: list[nn.Module] = [
             nn.Linear(latent_dim, widths[0] * (h // f) * (w // f)),
-            nn.ReLU(),
+            activation(),
             nn.Unflatten(1, (widths[0], h // f, w // f)),  # [N, C_top, H/f, W/f]
         ]
         for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
             layers.append(nn.ConvTranspose2d(a, b, 4, stride=2, padding=1))
             if i < len(widths) - 2:
-                layers.append(nn.ReLU())
+                layers.append(activation())
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: Tensor) -> Tensor:
@@ -195,17 +232,18 @@ class VAE(nn.Module):
         super().__init__()
         self.config = cfg = replace(config or VAEConfig(), **overrides)
         c, h, w = cfg.image_shape
+        act = ACTIVATIONS[cfg.activation]
         if cfg.arch == "mlp":
             d = c * h * w
-            self.encoder = nn.Sequential(nn.Flatten(), mlp([d, *cfg.hidden]), *([nn.ReLU()] if cfg.hidden else []))
+            self.encoder = nn.Sequential(nn.Flatten(), mlp([d, *cfg.hidden], act), *([act()] if cfg.hidden else []))
             features = cfg.hidden[-1] if cfg.hidden else d
             self.decoder = nn.Sequential(
-                mlp([cfg.latent_dim, *cfg.hidden[::-1], d]), nn.Unflatten(1, cfg.image_shape)
+                mlp([cfg.latent_dim, *cfg.hidden[::-1], d], act), nn.Unflatten(1, cfg.image_shape)
             )
         else:
-            conv = ConvEncoder(cfg.image_shape, cfg.channels)
+            conv = ConvEncoder(cfg.image_shape, cfg.channels, act)
             self.encoder, features = conv, conv.out_features
-            self.decoder = ConvDecoder(cfg.latent_dim, cfg.image_shape, cfg.channels)
+            self.decoder = ConvDecoder(cfg.latent_dim, cfg.image_shape, cfg.channels, act)
         self.feature_dim = features
         self.to_mu = nn.Linear(features, cfg.latent_dim)
         self.to_log_var = nn.Linear(features, cfg.latent_dim)
@@ -219,9 +257,9 @@ class VAE(nn.Module):
 
     def check_input(self, x: Tensor) -> None:
         """Raise ValueError with a hint when x is not a ``[B, C, H, W]`` batch this model takes."""
-        check_images(x, self.config.image_shape)
-        if self.config.likelihood == "bernoulli":
-            check_unit_interval(x)
+        check_batch(
+            x, self.config.image_shape, dtype=self.to_mu.weight.dtype, unit_interval=self.config.likelihood == "bernoulli"
+        )
 
     def features(self, x: Tensor) -> Tensor:
         """The encoder's deterministic features h(x), ``[B, F]``."""
@@ -303,7 +341,7 @@ class VAE(nn.Module):
 
     def log_weights(self, x: Tensor, k: int) -> Tensor:
         """log p(x, z_i) - log q(z_i | x) for k samples z_i ~ q(z|x): ``[k, B]``."""
-        _check_k(k)
+        k = check_count(k, "k")
         mu, log_var = self.encode(x)  # [B, D]
         eps = torch.randn((k, *mu.shape), device=mu.device, dtype=mu.dtype)
         z = reparameterize(mu, log_var, eps)  # [k, B, D]
@@ -313,10 +351,10 @@ class VAE(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Decoder means for n draws from the prior, ``[n, C, H, W]``."""
-        _check_k(n, "n")
-        device = self.to_mu.weight.device
-        z = torch.randn(n, self.latent_dim, generator=generator, device="cpu").to(device)
-        return self.mean(self.decode(z))
+        n = check_count(n, "n")
+        weight = self.to_mu.weight  # the noise takes the parameters' dtype and device
+        z = torch.randn(n, self.latent_dim, generator=generator, dtype=weight.dtype, device=_noise_device(generator, weight))
+        return self.mean(self.decode(z.to(weight.device)))
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
@@ -325,6 +363,7 @@ class VAE(nn.Module):
         return self.mean(self.decode(mu))
 
 
-def _check_k(k: int, name: str = "k") -> None:
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"{name} must be a positive integer, got {k!r}")
+def _noise_device(generator: torch.Generator | None, weight: Tensor) -> torch.device:
+    """Where to draw noise: on the generator's device when one is given (a CPU generator
+    makes samples reproducible across devices), else beside the parameters."""
+    return generator.device if generator is not None else weight.device
