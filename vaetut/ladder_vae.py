@@ -30,6 +30,38 @@ With L = 1 there is no top-down step: q(z_1 | x) is the bottom-up estimate and
 the model is the one-layer VAE of :mod:`vaetut.vae` (whose encoder predicts
 ``log_var`` with a linear layer instead of ``var`` through a softplus).
 
+**Bottom-up inference** (``inference="bottom_up"``). The same generative model
+with the inference model of the classic hierarchical VAE that the Ladder VAE is
+compared with (Sønderby et al. 2016, §2 and Figure 1a; Burda et al. 2016, §5)::
+
+    q(z | x) = q(z_1 | x) q(z_2 | z_1) ... q(z_L | z_{L-1})
+    q(z_1 | x) = N(mu_{q,1}(x), diag var_{q,1}(x))
+    q(z_i | z_{i-1}) = N(mu_{q,i}(z_{i-1}), diag var_{q,i}(z_{i-1}))     i = 2 .. L
+
+Each layer's posterior reads the *sample* of the layer below, so it sees x only
+through z_{i-1}, and no network is shared between inference and generation.
+
+**Deterministic layers.** Each entry of ``hidden`` is one width (one layer, as
+in the book chapter) or a tuple of widths (several layers). Entry i-1 is used
+three times, mirrored on the generative side: below z_i on the way up
+(``x -> hidden[0] -> mu, var of z_1``), and reversed on the way down
+(``z_{i+1} -> reversed(hidden[i]) -> mu_p, var_p of z_i``, ``z_1 ->
+reversed(hidden[0]) -> logits``). So ``LadderVAE(latent_dims=(100, 50),
+hidden=((200, 200), (100, 100)), activation="tanh", inference="bottom_up",
+variance="exp")`` is the two-stochastic-layer network of Burda et al. (2016),
+§5 and Appendix C: q is 784-200-200-100 then 100-100-100-50, p is 50-100-100-100
+then 100-200-200-784, every deterministic unit tanh, the variances through exp
+(``variance="softplus"``, the default, gives the same layer sizes).
+
+**Skip connections** (``skip=True``). As in the skip-connected generative model
+of BIVA (Maaløe et al. 2019), every latent layer reaches the pixels directly,
+p(x | z_1, ..., z_L): each z_i (i >= 2) is mapped by a linear map without bias
+into the decoder's first hidden layer and added to the map of z_1, which is one
+linear map of the concatenation [z_1, ..., z_L]. The prior chain is unchanged
+(BIVA's other parts, its bidirectional inference and the skip paths inside the
+prior, are not reproduced). Works with either inference; with L = 1 it changes
+nothing.
+
 Batch normalisation (optional, as in Sønderby et al.) is applied after every
 hidden linear layer. **Modes:** every method runs in the module's current mode.
 In training mode batch norm normalises with the statistics of the batch (for
@@ -53,7 +85,8 @@ this file and ``distributions.py`` into one folder; then, from that folder::
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
@@ -74,6 +107,10 @@ except ImportError:  # copied into a folder beside distributions.py (see the mod
 
 __all__ = ["LadderVAEConfig", "LadderVAE", "LadderELBO", "Layer", "precision_weighted"]
 
+INFERENCES = ("ladder", "bottom_up")
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
+VARIANCES = ("softplus", "exp")
+
 
 @dataclass(frozen=True)
 class LadderVAEConfig:
@@ -82,18 +119,34 @@ class LadderVAEConfig:
     Attributes:
         image_shape: ``(C, H, W)`` of one input image (pixels in [0, 1]).
         latent_dims: sizes of z_1 (bottom) ... z_L (top); L = ``len(latent_dims)``.
-        hidden: width of the deterministic layer d_i below each z_i, bottom first.
-            The bottom-up pass is ``x -> hidden[0] -> ... -> hidden[L-1]``; the
-            top-down network from z_{i+1} to z_i has width ``hidden[i]``
-            (0-based), and the decoder from z_1 to x has width ``hidden[0]``,
-            mirroring the bottom-up pass.
+        hidden: the deterministic layers below each z_i, bottom first: per layer
+            one width (an int) or a tuple of widths (several layers), e.g.
+            ``(512, 256)`` or ``((200, 200), (100, 100))``. On the way up,
+            entry i (0-based) runs from the layer below (d_i under ladder
+            inference, z_i under bottom-up inference; x for i = 0) to the Gaussian
+            of z_{i+1}; on the way down, the network from z_{i+2} to z_{i+1} has
+            the widths of entry i+1 reversed, and the decoder from z_1 to x those
+            of entry 0 reversed, mirroring the way up.
+        activation: ``"relu"`` or ``"tanh"`` (Burda et al.'s networks), after
+            every hidden linear layer (and its batch norm).
+        inference: ``"ladder"`` (precision-weighted top-down inference, Sønderby
+            et al.) or ``"bottom_up"`` (q(z_1|x) q(z_2|z_1) ... q(z_L|z_{L-1})).
+        skip: connect every latent layer to the decoder, p(x | z_1, ..., z_L)
+            (BIVA's skip-connected generative model, Maaløe et al. 2019).
+        variance: how every Gaussian head makes its variance from a linear
+            output a: ``"softplus"`` (softplus(a), Sønderby et al.) or ``"exp"``
+            (exp(a), Burda et al.); ``min_var`` is added to either.
         batch_norm: batch normalisation after every hidden linear layer.
-        min_var: added to every softplus variance, so log-variances stay finite.
+        min_var: added to every variance, so log-variances stay finite.
     """
 
     image_shape: tuple[int, int, int] = (1, 28, 28)
     latent_dims: tuple[int, ...] = (64, 32)
-    hidden: tuple[int, ...] = (512, 256)
+    hidden: tuple[int | tuple[int, ...], ...] = (512, 256)
+    activation: str = "relu"
+    inference: str = "ladder"
+    skip: bool = False
+    variance: str = "softplus"
     batch_norm: bool = False
     min_var: float = 1e-6
 
@@ -108,29 +161,61 @@ class LadderVAEConfig:
             )
         if not isinstance(self.hidden, (tuple, list)) or len(self.hidden) != len(self.latent_dims):
             raise ValueError(
-                f"hidden must give one deterministic width per stochastic layer: latent_dims={self.latent_dims!r} "
-                f"has {len(self.latent_dims)} layers but hidden={self.hidden!r}"
+                f"hidden must give one deterministic width per stochastic layer (an int, or a tuple of widths "
+                f"for several layers): latent_dims={self.latent_dims!r} has {len(self.latent_dims)} layers but hidden={self.hidden!r}"
             )
-        for name in ("latent_dims", "hidden"):
-            sizes = tuple(check_count(s, f"each entry of {name}") for s in getattr(self, name))
-            object.__setattr__(self, name, sizes)  # NumPy integers become Python ints
-        if not self.min_var >= 0:
-            raise ValueError(f"min_var must be >= 0, got {self.min_var!r}")
+        # counts may come as NumPy integers: store them as Python ints
+        object.__setattr__(self, "latent_dims", tuple(check_count(s, "each entry of latent_dims") for s in self.latent_dims))
+        object.__setattr__(self, "hidden", tuple(_check_widths(h, i) for i, h in enumerate(self.hidden)))
+        for name, options in (("activation", tuple(ACTIVATIONS)), ("inference", INFERENCES), ("variance", VARIANCES)):
+            if getattr(self, name) not in options:
+                raise ValueError(f"{name} must be one of {options}, got {getattr(self, name)!r}")
+        for name in ("skip", "batch_norm"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if isinstance(self.min_var, bool) or not isinstance(self.min_var, (int, float)) or not 0 <= self.min_var < math.inf:
+            raise ValueError(f"min_var must be a finite number >= 0, got {self.min_var!r}")
 
     @property
     def layers(self) -> int:
         """The number of stochastic layers L."""
         return len(self.latent_dims)
 
+    @property
+    def widths(self) -> tuple[tuple[int, ...], ...]:
+        """``hidden`` with every entry as a tuple of widths, bottom first (way-up order)."""
+        return tuple((h,) if isinstance(h, int) else h for h in self.hidden)
+
+
+def _check_widths(entry: object, i: int) -> int | tuple[int, ...]:
+    """One entry of ``hidden``: a positive int, or a non-empty tuple of them (NumPy integers become ints)."""
+    if isinstance(entry, (tuple, list)):
+        if len(entry) == 0:
+            raise ValueError(
+                f"hidden[{i}] is empty: each entry of hidden must be a positive integer or a non-empty tuple "
+                "of them (at least one deterministic layer per stochastic layer)"
+            )
+        return tuple(check_count(w, f"each width in hidden[{i}]") for w in entry)
+    return check_count(entry, "each entry of hidden", hint="or a non-empty tuple of positive integers")
+
 
 class LadderELBO(NamedTuple):
     """The ELBO of a Ladder VAE per example, with each layer's share of the KL.
 
-    ``elbo = log_px_z - kl`` and ``kl = kl_layers.sum(-1)``. Column i of
-    ``kl_layers`` is layer i+1 (bottom first): for the top layer the analytic
-    KL(q(z_L|x) || N(0, I)); for i < L the analytic
-    KL(q(z_i | z_{i+1}, x) || p(z_i | z_{i+1})) at the *sampled* z_{i+1}, a one-sample
-    estimate of that layer's expected KL.
+    ``elbo = log_px_z - kl`` and ``kl = kl_layers.sum(-1)``; ``log_px_z`` is
+    log p(x | z_1) (log p(x | z_1, ..., z_L) with ``skip=True``) at one sample.
+    Column i of ``kl_layers`` is layer i+1 (bottom first); every column is a
+    one-sample estimate of E_q[log q(z_i | .) - log p(z_i | .)], and the columns
+    add up to an estimate of KL(q(z | x) || p(z)):
+
+    * ``inference="ladder"``: for the top layer the analytic KL(q(z_L|x) || N(0, I));
+      for i < L the analytic KL(q(z_i | z_{i+1}, x) || p(z_i | z_{i+1})) at the
+      *sampled* z_{i+1}. Every entry is >= 0.
+    * ``inference="bottom_up"``: for the top layer the analytic
+      KL(q(z_L | z_{L-1}) || N(0, I)) at the sampled z_{L-1}; for i < L,
+      log q(z_i | z_{i-1}) - log p(z_i | z_{i+1}) at the drawn z_i and z_{i+1}
+      (z_0 = x). No analytic form applies there, because z_{i+1} is drawn given
+      z_i; an entry can be negative, its expectation is the layer's share.
     """
 
     elbo: Tensor  # [B]
@@ -140,11 +225,13 @@ class LadderELBO(NamedTuple):
 
 
 class Layer(NamedTuple):
-    """One stochastic layer of a top-down pass, each field ``[..., B, D_i]``.
+    """One stochastic layer of a posterior pass, each field ``[..., B, D_i]``.
 
     ``z`` is the sample (or the mean, on a mean pass), ``mu, log_var`` the posterior
-    q(z_i | z_{i+1}, x) and ``mu_p, log_var_p`` the prior p(z_i | z_{i+1})
-    (zeros at the top layer, where p(z_L) = N(0, I)).
+    factor of this layer (q(z_i | z_{i+1}, x) under ladder inference, q(z_i | z_{i-1})
+    under bottom-up inference, q(z_1 | x) at its bottom) and ``mu_p, log_var_p`` the
+    prior p(z_i | z_{i+1}) at the z_{i+1} of the same pass (zeros at the top
+    layer, where p(z_L) = N(0, I)).
     """
 
     z: Tensor
@@ -177,28 +264,41 @@ def precision_weighted(mu_hat: Tensor, var_hat: Tensor, mu_p: Tensor, var_p: Ten
     return mu, var
 
 
-def _block(n_in: int, n_out: int, batch_norm: bool) -> nn.Sequential:
-    """One deterministic layer: Linear, optional BatchNorm, ReLU."""
-    layers: list[nn.Module] = [nn.Linear(n_in, n_out)]
-    if batch_norm:
-        layers.append(nn.BatchNorm1d(n_out))
-    layers.append(nn.ReLU())
+def _mlp(n_in: int, widths: Sequence[int], activation: str, batch_norm: bool) -> nn.Sequential:
+    """Deterministic layers ``n_in -> widths[0] -> ... -> widths[-1]``: each Linear, optional
+    BatchNorm, activation, in one flat Sequential. ``[N, n_in]`` -> ``[N, widths[-1]]``."""
+    layers: list[nn.Module] = []
+    for width in widths:
+        layers.append(nn.Linear(n_in, width))
+        if batch_norm:
+            layers.append(nn.BatchNorm1d(width))
+        layers.append(ACTIVATIONS[activation]())
+        n_in = width
     return nn.Sequential(*layers)
 
 
 class GaussianHead(nn.Module):
     """Two linear maps from features to a diagonal Gaussian: ``mu`` and
-    ``var = softplus(.) + min_var``. ``[N, F]`` -> ``([N, D], [N, D])``."""
+    ``var = softplus(.) + min_var`` (or ``exp(.) + min_var``). ``[N, F]`` -> ``([N, D], [N, D])``."""
 
-    def __init__(self, n_in: int, n_out: int, min_var: float):
+    def __init__(self, n_in: int, n_out: int, min_var: float, variance: str = "softplus"):
         super().__init__()
         self.to_mu = nn.Linear(n_in, n_out)
         self.to_var = nn.Linear(n_in, n_out)
         self.min_var = min_var
+        self.variance = variance
 
     def forward(self, h: Tensor) -> tuple[Tensor, Tensor]:
-        # $\sigma^2 = \mathrm{softplus}(W h + b)$
-        return self.to_mu(h), nn.functional.softplus(self.to_var(h)) + self.min_var
+        a = self.to_var(h)
+        # $\sigma^2 = \mathrm{softplus}(W h + b)$ (Sønderby et al.) or $\exp(W h + b)$ (Burda et al.)
+        var = torch.exp(a) if self.variance == "exp" else nn.functional.softplus(a)
+        return self.to_mu(h), var + self.min_var
+
+
+def _flat_apply(net: nn.Module, t: Tensor) -> Tensor:
+    """Apply a network on ``[N, F]`` to ``t`` of shape ``[..., F]``: ``[..., F]`` -> ``[..., F']``."""
+    lead = t.shape[:-1]
+    return net(t.reshape(-1, t.shape[-1])).reshape(*lead, -1)
 
 
 class LadderVAE(nn.Module):
@@ -210,31 +310,47 @@ class LadderVAE(nn.Module):
         terms = model.elbo(x)                 # x: [B, 1, 28, 28] in [0, 1]
         loss = -terms.elbo.mean()             # terms.kl_layers: [B, 2]
 
-    Attributes:
-        up: the bottom-up blocks, ``up[i]: d_i -> d_{i+1}`` (0-based, d_0 = x).
-        up_heads: ``up_heads[i]: d_{i+1} -> (mu_hat, var_hat)`` of layer i+1.
-        down: ``down[i]: z_{i+2} -> hidden[i+1]`` features, for i < L - 1.
+        # Burda et al.'s two-layer net: bottom-up inference, two tanh layers per stochastic layer
+        iwae_net = LadderVAE(latent_dims=(100, 50), hidden=((200, 200), (100, 100)),
+                             activation="tanh", inference="bottom_up", variance="exp")
+
+    Attributes (i is 0-based; widths as in :class:`LadderVAEConfig`):
+        up: the deterministic layers of the way up, ``up[i]: d_i -> d_{i+1}`` with
+            ``d_0 = x`` under ladder inference; ``up[i]: z_i -> d_{i+1}`` (``z_0 = x``)
+            under bottom-up inference.
+        up_heads: ``up_heads[i]: d_{i+1} -> (mu, var)`` of layer i+1: the bottom-up
+            estimate (ladder) or q(z_{i+1} | z_i) itself (bottom-up).
+        down: ``down[i]: z_{i+2} -> features``, for i < L - 1.
         down_heads: ``down_heads[i]: features -> (mu_p, var_p)`` of layer i+1.
-        decoder: ``z_1 -> hidden[0] -> logits`` of p(x | z_1).
+        decoder: ``z_1 -> reversed(hidden[0]) -> logits`` of p(x | z_1).
+        skips: with ``skip=True``, ``skips[i]: z_{i+2} -> `` the decoder's first
+            hidden layer (linear, no bias); empty otherwise.
     """
 
     def __init__(self, config: LadderVAEConfig | None = None, **overrides):
         super().__init__()
         self.config = cfg = replace(config or LadderVAEConfig(), **overrides)
         c, h, w = cfg.image_shape
-        widths = [c * h * w, *cfg.hidden]
-        self.up = nn.ModuleList(_block(a, b, cfg.batch_norm) for a, b in zip(widths[:-1], widths[1:]))
-        self.up_heads = nn.ModuleList(GaussianHead(n, d, cfg.min_var) for n, d in zip(cfg.hidden, cfg.latent_dims))
-        L = cfg.layers
+        L, dims, widths = cfg.layers, cfg.latent_dims, cfg.widths
+        if cfg.inference == "ladder":  # x -> d_1 -> d_2 -> ...
+            inputs = [c * h * w] + [ws[-1] for ws in widths[:-1]]
+        else:  # x -> z_1 -> z_2 -> ...
+            inputs = [c * h * w, *dims[:-1]]
+        self.up = nn.ModuleList(_mlp(n, ws, cfg.activation, cfg.batch_norm) for n, ws in zip(inputs, widths))
+        self.up_heads = nn.ModuleList(
+            GaussianHead(ws[-1], d, cfg.min_var, cfg.variance) for ws, d in zip(widths, dims)
+        )
         self.down = nn.ModuleList(
-            _block(cfg.latent_dims[i + 1], cfg.hidden[i + 1], cfg.batch_norm) for i in range(L - 1)
+            _mlp(dims[i + 1], widths[i + 1][::-1], cfg.activation, cfg.batch_norm) for i in range(L - 1)
         )
         self.down_heads = nn.ModuleList(
-            GaussianHead(cfg.hidden[i + 1], cfg.latent_dims[i], cfg.min_var) for i in range(L - 1)
+            GaussianHead(widths[i + 1][0], dims[i], cfg.min_var, cfg.variance) for i in range(L - 1)
         )
         self.decoder = nn.Sequential(
-            _block(cfg.latent_dims[0], cfg.hidden[0], cfg.batch_norm), nn.Linear(cfg.hidden[0], c * h * w)
+            _mlp(dims[0], widths[0][::-1], cfg.activation, cfg.batch_norm), nn.Linear(widths[0][0], c * h * w)
         )
+        first = widths[0][-1]  # width of the decoder's first hidden layer
+        self.skips = nn.ModuleList(nn.Linear(d, first, bias=False) for d in dims[1:]) if cfg.skip else nn.ModuleList()
 
     # ----------------------------------------------------------------- networks
     @property
@@ -246,39 +362,86 @@ class LadderVAE(nn.Module):
         """Raise ValueError with a hint unless x is a ``[B, C, H, W]`` batch of pixels in [0, 1]."""
         check_batch(x, self.config.image_shape, dtype=self.decoder[-1].weight.dtype, unit_interval=True)
 
+    def _require(self, inference: str, method: str) -> None:
+        if self.config.inference != inference:
+            raise ValueError(
+                f"{method} belongs to inference={inference!r}, but this model uses "
+                f"inference={self.config.inference!r}; posterior(x) works for both"
+            )
+
     def bottom_up(self, x: Tensor) -> list[tuple[Tensor, Tensor]]:
-        """The deterministic pass: ``(mu_hat_i, var_hat_i)`` for i = 1..L, each ``[B, D_i]``."""
+        """Ladder inference's deterministic pass: ``(mu_hat_i, var_hat_i)`` for i = 1..L, each ``[B, D_i]``."""
+        self._require("ladder", "bottom_up(x), the deterministic pass,")
         self.check_input(x)
         d = x.flatten(1)  # [B, C*H*W]
         estimates = []
         for block, head in zip(self.up, self.up_heads):
-            # $d_i = \mathrm{MLP}(d_{i-1})$, $\hat\mu_i = \mathrm{Linear}(d_i)$, $\hat\sigma^2_i = \mathrm{softplus}(\mathrm{Linear}(d_i))$
-            d = block(d)  # [B, hidden[i]]
+            # $d_i = \mathrm{MLP}(d_{i-1})$, $\hat\mu_i = \mathrm{Linear}(d_i)$, $\hat\sigma^2_i = \mathrm{softplus}(\mathrm{Linear}(d_i))$ (or exp)
+            d = block(d)  # [B, hidden[i][-1]]
             estimates.append(head(d))
         return estimates
 
+    def posterior_step(self, i: int, below: Tensor) -> tuple[Tensor, Tensor]:
+        """One factor of bottom-up inference, ``(mu, var)``: q(z_1 | x) for ``i = 1``
+        (``below = x``, ``[B, C, H, W]`` -> ``[B, D_1]``) or q(z_i | z_{i-1}) for i in 2..L
+        (``below = z_{i-1}``, ``[..., D_{i-1}]`` -> ``[..., D_i]``)."""
+        self._require("bottom_up", "posterior_step")
+        if i == 1:
+            self.check_input(below)
+            below = below.flatten(1)  # [B, C*H*W]
+        # $q(z_i | z_{i-1}) = N(\mu_{q,i}(z_{i-1}), \sigma^2_{q,i}(z_{i-1}))$
+        h = _flat_apply(self.up[i - 1], below)  # [..., hidden[i-1][-1]]
+        return self.up_heads[i - 1](h)  # [..., D_i] each
+
     def prior(self, i: int, z_above: Tensor) -> tuple[Tensor, Tensor]:
         """p(z_i | z_{i+1}) for layer ``i`` in 1..L-1: ``(mu_p, var_p)``, ``[..., D_{i+1}]`` -> ``[..., D_i]``."""
-        lead = z_above.shape[:-1]
-        h = self.down[i - 1](z_above.reshape(-1, z_above.shape[-1]))  # [N, hidden[i]]
-        mu_p, var_p = self.down_heads[i - 1](h)  # [N, D_i] each
-        return mu_p.reshape(*lead, -1), var_p.reshape(*lead, -1)
+        h = _flat_apply(self.down[i - 1], z_above)  # [..., hidden[i][0]]
+        return self.down_heads[i - 1](h)  # [..., D_i] each
 
-    def decode(self, z1: Tensor) -> Tensor:
-        """Bernoulli logits of p(x | z_1): ``[..., D_1]`` -> ``[..., C, H, W]``."""
+    def decode(self, z1: Tensor, z_above: Sequence[Tensor] = ()) -> Tensor:
+        """Bernoulli logits of p(x | z_1), or of p(x | z_1, ..., z_L) with ``skip=True``.
+
+        Args:
+            z1: ``[..., D_1]``.
+            z_above: ``[z_2, ..., z_L]``, each ``[..., D_i]``; required with ``skip=True``,
+                ignored without (so callers may always pass every layer).
+
+        Returns:
+            ``[..., C, H, W]``.
+        """
         lead = z1.shape[:-1]
-        logits = self.decoder(z1.reshape(-1, z1.shape[-1]))  # [N, C*H*W]
+        stack, to_logits = self.decoder
+        h = stack[0](z1.reshape(-1, z1.shape[-1]))  # [N, first hidden width]
+        if self.config.skip and self.layers > 1:
+            if len(z_above) != self.layers - 1:
+                raise ValueError(
+                    f"with skip=True the decoder reads every layer: decode(z1, [z_2, ..., z_L]) needs "
+                    f"{self.layers - 1} tensors in z_above, got {len(z_above)}"
+                )
+            # $h = W_1 z_1 + b + \sum_{i \ge 2} W_i z_i$: every layer reaches the decoder directly (BIVA)
+            for skip, z in zip(self.skips, z_above):
+                h = h + skip(z.reshape(-1, z.shape[-1]))
+        logits = to_logits(stack[1:](h))  # [N, C*H*W]
         return logits.reshape(*lead, *self.config.image_shape)
+
+    def _decode_layers(self, layers: Sequence[Layer]) -> Tensor:
+        """Logits from the samples of a posterior pass, ``[..., C, H, W]``."""
+        return self.decode(layers[0].z, [layer.z for layer in layers[1:]])
 
     # ------------------------------------------------------------ the posterior
     def posterior(self, x: Tensor, k: int | None = None, *, mean: bool = False) -> list[Layer]:
-        """The two inference passes: one :class:`Layer` per stochastic layer, bottom first.
+        """Sample every layer's posterior: one :class:`Layer` per stochastic layer, bottom first.
+
+        Ladder inference runs the deterministic bottom-up pass once and then samples
+        top-down, z_L first; bottom-up inference samples z_1 first and each layer
+        given the one below. Either way the priors p(z_i | z_{i+1}) are evaluated at
+        the sampled z_{i+1}.
 
         Args:
             x: ``[B, C, H, W]`` in [0, 1].
             k: ``None`` for one sample per example (fields ``[B, D_i]``), or a number of
-                samples (fields ``[k, B, D_i]``). The bottom-up pass runs once either way.
-            mean: pass each layer's posterior mean down instead of a sample (so
+                samples (fields ``[k, B, D_i]``). The networks that read x run once either way.
+            mean: pass each layer's posterior mean on instead of a sample (so
                 ``z = mu``); used by :meth:`reconstruct`.
 
         Returns:
@@ -286,8 +449,14 @@ class LadderVAE(nn.Module):
         """
         if k is not None:
             k = check_count(k, "k")
-        estimates = self.bottom_up(x)
         lead = () if k is None else (k,)
+        if self.config.inference == "ladder":
+            return self._ladder_posterior(x, lead, mean)
+        return self._bottom_up_posterior(x, lead, mean)
+
+    def _ladder_posterior(self, x: Tensor, lead: tuple[int, ...], mean: bool) -> list[Layer]:
+        """Ladder inference (Sønderby et al. 2016, eq. 16–19): fields ``[*lead, B, D_i]``."""
+        estimates = self.bottom_up(x)
         layers: list[Layer] = []
         z = None
         for i in range(self.layers, 0, -1):  # top-down: i = L, ..., 1
@@ -308,27 +477,70 @@ class LadderVAE(nn.Module):
             layers.append(Layer(z, mu, log_var, mu_p, var_p.log()))
         return layers[::-1]
 
+    def _bottom_up_posterior(self, x: Tensor, lead: tuple[int, ...], mean: bool) -> list[Layer]:
+        """Bottom-up inference q(z_1|x) q(z_2|z_1) ... q(z_L|z_{L-1}): fields ``[*lead, B, D_i]``."""
+        qs, zs = [], []
+        below = x
+        for i in range(1, self.layers + 1):  # bottom-up: i = 1, ..., L
+            mu, var = self.posterior_step(i, below)  # [B, D_1] for i = 1, else [*lead, B, D_i]
+            if i == 1:
+                mu, var = mu.expand(*lead, *mu.shape), var.expand(*lead, *var.shape)
+            log_var = var.log()
+            if mean:
+                z = mu
+            else:
+                # $z_i = \mu_{q,i}(z_{i-1}) + \sigma_{q,i}(z_{i-1}) \odot \epsilon_i$, with $z_0 = x$
+                eps = torch.randn(mu.shape, dtype=mu.dtype, device=mu.device)
+                z = reparameterize(mu, log_var, eps)  # [*lead, B, D_i]
+            qs.append((mu, log_var))
+            zs.append(z)
+            below = z
+        layers = []
+        for i in range(1, self.layers + 1):
+            if i == self.layers:
+                mu_p, log_var_p = torch.zeros_like(zs[-1]), torch.zeros_like(zs[-1])  # $p(z_L) = N(0, I)$
+            else:
+                # $p(z_i | z_{i+1})$ at the $z_{i+1}$ drawn given $z_i$
+                mu_p, var_p = self.prior(i, zs[i])
+                log_var_p = var_p.log()
+            layers.append(Layer(zs[i - 1], *qs[i - 1], mu_p, log_var_p))
+        return layers
+
     # ------------------------------------------------------------ the bounds
     def elbo(self, x: Tensor) -> LadderELBO:
-        """One-sample ELBO with analytic per-layer KL terms: ``[B]`` terms and ``kl_layers`` ``[B, L]``."""
+        """One-sample ELBO with per-layer KL terms: ``[B]`` terms and ``kl_layers`` ``[B, L]``.
+
+        What each column of ``kl_layers`` holds under each inference is listed in
+        :class:`LadderELBO`: analytic KLs where they exist, one-sample estimates
+        of log q - log p at the drawn samples where they do not.
+        """
         layers = self.posterior(x)
-        log_px_z = log_bernoulli(x, self.decode(layers[0].z))  # [B]
-        # $KL_i = KL(q(z_i | z_{i+1}, x) \| p(z_i | z_{i+1}))$ at the sampled $z_{i+1}$
-        kl_layers = torch.stack([kl_normal(l.mu, l.log_var, l.mu_p, l.log_var_p) for l in layers], dim=-1)  # [B, L]
+        log_px_z = log_bernoulli(x, self._decode_layers(layers))  # [B]
+        kl_layers = []
+        for i, l in enumerate(layers, start=1):
+            if self.config.inference == "ladder" or i == self.layers:
+                # $KL_i = KL(q(z_i | \cdot) \| p(z_i | z_{i+1}))$, analytic given the sampled conditioning layer
+                kl_layers.append(kl_normal(l.mu, l.log_var, l.mu_p, l.log_var_p))
+            else:
+                # $\log q(z_i | z_{i-1}) - \log p(z_i | z_{i+1})$ at the samples: $z_{i+1}$ depends on $z_i$
+                kl_layers.append(log_normal(l.z, l.mu, l.log_var) - log_normal(l.z, l.mu_p, l.log_var_p))
+        kl_layers = torch.stack(kl_layers, dim=-1)  # [B, L]
         kl = kl_layers.sum(-1)  # [B]
         return LadderELBO(log_px_z - kl, log_px_z, kl, kl_layers)
 
     def log_weights(self, x: Tensor, k: int) -> Tensor:
         """log p(x, z) - log q(z | x) for k samples of all L layers, ``[k, B]``.
 
-        log p(x, z) = log p(x | z_1) + sum_i log p(z_i | z_{i+1}) and
-        log q(z | x) = sum_i log q(z_i | z_{i+1}, x). Runs in the module's current
-        mode, like :meth:`elbo` (use ``model.eval()`` for evaluation).
+        log p(x, z) = log p(x | z_1) + sum_i log p(z_i | z_{i+1}) (with ``skip=True``
+        log p(x | z_1, ..., z_L)) and log q(z | x) = sum_i log q(z_i | .), the factors
+        of the model's inference (q(z_i | z_{i+1}, x) or q(z_i | z_{i-1})). Exact for
+        either inference. Runs in the module's current mode, like :meth:`elbo`
+        (use ``model.eval()`` for evaluation).
         """
         k = check_count(k, "k")
         layers = self.posterior(x, k)
-        log_px_z = log_bernoulli(x, self.decode(layers[0].z))  # [k, B]
-        # $\log w = \log p(x|z_1) + \sum_i [\log p(z_i|z_{i+1}) - \log q(z_i|z_{i+1},x)]$
+        log_px_z = log_bernoulli(x, self._decode_layers(layers))  # [k, B]
+        # $\log w = \log p(x|z) + \sum_i [\log p(z_i|z_{i+1}) - \log q(z_i|\cdot)]$
         log_pz = sum(log_normal(l.z, l.mu_p, l.log_var_p) for l in layers)  # [k, B]
         log_qz = sum(log_normal(l.z, l.mu, l.log_var) for l in layers)  # [k, B]
         return log_px_z + log_pz - log_qz
@@ -343,17 +555,17 @@ class LadderVAE(nn.Module):
         """Decoder means for given standard normal noise, one ``[n, D_i]`` per layer, bottom first.
 
         ``z_L = eps_L`` and ``z_i = mu_{p,i}(z_{i+1}) + std_{p,i}(z_{i+1}) * eps_i``; returns
-        ``sigmoid(logits(z_1))``, ``[n, C, H, W]``.
+        ``sigmoid(logits(z_1))`` (``logits(z_1, ..., z_L)`` with ``skip=True``), ``[n, C, H, W]``.
         """
         if len(eps) != self.layers:
             raise ValueError(f"generate needs one noise tensor per layer ({self.layers}), got {len(eps)}")
         weight = self.decoder[-1].weight
         eps = [e.to(weight.device, weight.dtype) for e in eps]
-        z = eps[-1]
+        zs = [eps[-1]]  # top first
         for i in range(self.layers - 1, 0, -1):
-            mu_p, var_p = self.prior(i, z)
-            z = reparameterize(mu_p, var_p.log(), eps[i - 1])
-        return torch.sigmoid(self.decode(z))
+            mu_p, var_p = self.prior(i, zs[0])
+            zs.insert(0, reparameterize(mu_p, var_p.log(), eps[i - 1]))
+        return torch.sigmoid(self.decode(zs[0], zs[1:]))
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
@@ -400,14 +612,16 @@ class LadderVAE(nn.Module):
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
         """Decoder means on the mean path (each z_i set to its posterior mean), ``[B, C, H, W]``."""
-        return torch.sigmoid(self.decode(self.posterior(x, mean=True)[0].z))
+        return torch.sigmoid(self._decode_layers(self.posterior(x, mean=True)))
 
     @torch.no_grad()
     def posterior_means(self, x: Tensor, k: int = 10) -> list[Tensor]:
         """Monte Carlo estimates of E_q[z_i | x], one ``[B, D_i]`` per layer, bottom first.
 
-        E_q[z_i] = E_q[mu_q_i(z_{i+1})], averaged over k samples of the layers above
-        (exact at the top layer). These are the statistics of the active-units
+        Ladder inference: E_q[z_i] = E_q[mu_q_i(z_{i+1}, x)], averaged over k samples of
+        the layers above (exact at the top layer). Bottom-up inference:
+        E_q[z_i] = E_q[mu_q_i(z_{i-1})], averaged over k samples of the layers below
+        (exact at the bottom layer). These are the statistics of the active-units
         diagnostic (a unit is active when the variance over x of E_q[z_i] is large).
         """
         return [layer.mu.mean(0) for layer in self.posterior(x, k)]
