@@ -3,7 +3,10 @@
 Each chapter is a jupytext MyST file ``book/<name>.md`` paired with
 ``book/<name>.ipynb``. This script reads the ``.md`` (the source of truth),
 executes it in ``book/`` with the mode given (full by default: the outputs the
-published book shows) and writes the ``.ipynb`` with those outputs.
+published book shows) and writes the ``.ipynb`` with those outputs, and, in its
+metadata (``vaetut``), the mode and the fingerprint of the package code the chapter
+depends on (``scripts/fingerprint.py``), which ``tests/test_project.py`` compares
+with the current code.
 
     python scripts/execute_chapters.py                 # every chapter in _toc.yml
     python scripts/execute_chapters.py book/elbo.md    # one chapter
@@ -25,6 +28,9 @@ from pathlib import Path
 import jupytext
 import nbformat
 from nbclient import NotebookClient
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fingerprint  # noqa: E402  (scripts/fingerprint.py)
 
 ROOT = Path(__file__).resolve().parent.parent
 BOOK = ROOT / "book"
@@ -70,6 +76,7 @@ def execute(md: Path, mode: str, timeout: int | None) -> float:
     # the kernel inherits this environment: a non-interactive MPLBACKEND (run.sh sets
     # Agg for the tests) would stop plt.show() from storing figures in the notebook
     os.environ.pop("MPLBACKEND", None)
+    code = fingerprint.chapter_fingerprint(nb, md.parent)  # of the code the kernel is about to import
     start = time.perf_counter()
     try:
         client = NotebookClient(
@@ -86,7 +93,11 @@ def execute(md: Path, mode: str, timeout: int | None) -> float:
         else:
             os.environ["VAETUT_MODE"] = env_before
     strip_volatile(nb)
+    fingerprint.record(nb, mode, code)
     jupytext.write(nb, md.with_suffix(".ipynb"), fmt="ipynb")
+    changed = fingerprint.stale(code, fingerprint.chapter_fingerprint(nb, md.parent))
+    if changed:  # the stored fingerprint is the one from the start, so the tests will flag this run
+        print(f"  warning: vaetut changed during the run ({changed}); run {md.name} again", flush=True)
     return time.perf_counter() - start
 
 
@@ -95,6 +106,8 @@ def sync_only(md: Path) -> None:
     text_nb = jupytext.read(md)
     old = nbformat.read(ipynb, as_version=4) if ipynb.exists() else nbformat.v4.new_notebook()
     nb = with_outputs_from(text_nb, old)
+    if fingerprint.RECORD in old.metadata:  # the kept outputs still come from that code
+        nb.metadata[fingerprint.RECORD] = old.metadata[fingerprint.RECORD]
     nb.metadata.setdefault("kernelspec", {"name": "python3", "display_name": "Python 3", "language": "python"})
     strip_volatile(nb)
     jupytext.write(nb, ipynb, fmt="ipynb")

@@ -53,6 +53,7 @@ Target = tuple[str, str]
 class Module:
     name: str  # "vaetut.vae"
     path: str  # "vaetut/vae.py", the prefix of its piece keys
+    is_package: bool = False  # an __init__.py
     defs: dict[str, list[ast.stmt]] = field(default_factory=dict)  # name -> statements binding it
     imports: dict[str, list[tuple[str, ...]]] = field(default_factory=dict)  # name -> bindings
     stars: list[str] = field(default_factory=list)  # modules imported with *
@@ -83,9 +84,6 @@ class Package:
         self._pieces: dict[str, tuple[str, set[str]]] = {}  # key -> (hash, dependencies)
 
     # -- resolving names ------------------------------------------------------------------
-
-    def internal(self, dotted: str) -> bool:
-        return dotted == self.name or dotted.startswith(self.name + ".")
 
     def lookup(self, mod: Module, name: str, seen: frozenset = frozenset()) -> list[Target]:
         """What the global ``name`` of module ``mod`` can be."""
@@ -124,10 +122,10 @@ class Package:
     def public(self, dotted: str) -> list[str]:
         """The names ``from dotted import *`` binds."""
         mod = self.modules[dotted]
-        if "__all__" in mod.defs:
+        if [type(s) for s in mod.defs.get("__all__", [])] == [ast.Assign]:
             try:
-                return list(ast.literal_eval(mod.defs["__all__"][-1].value))
-            except (ValueError, AttributeError):
+                return list(ast.literal_eval(mod.defs["__all__"][0].value))
+            except ValueError:
                 pass
         return [n for n in set(mod.defs) | set(mod.imports) if not n.startswith("_")]
 
@@ -152,20 +150,23 @@ class Package:
                 if isinstance(node, ast.Name):
                     use(self.lookup(mod, node.id), node.id)
                 elif isinstance(node, ast.Attribute):
-                    chain = _chain(node)
-                    targets = self.lookup(mod, chain[0]) if chain else []
-                    if not targets:  # an attribute of a local, a parameter, a call's result...
-                        for attr in chain[1:] if chain else [node.attr]:
-                            deps |= self.named.get(attr, set())
-                        continue
+                    # a.b.c: exact while a, a.b are package modules; an attribute of an outside
+                    # module (torch.exp) is not ours; that of anything else (a local, a call's
+                    # result, a value) may be any top-level definition of that name
+                    chain = _chain(node) or ["", node.attr]
+                    targets = self.lookup(mod, chain[0]) if chain[0] else []
                     for i, attr in enumerate(chain[1:], start=1):
-                        modules = [value for kind, value in targets if kind == "module"]
-                        if not modules:  # a member of a definition (its class is whole) or an outside name
+                        modules = [v for k, v in targets if k == "module"]
+                        if modules:
+                            targets = [t for m in modules for t in self.attribute(m, attr)]
+                            use(targets, ".".join(chain[: i + 1]))
+                        elif targets and all(k == "external" for k, _ in targets):
                             break
-                        targets = [t for m in modules for t in self.attribute(m, attr)]
-                        use(targets, ".".join(chain[: i + 1]))
+                        else:
+                            deps |= self.named.get(attr, set())
+                            targets = []
                 elif isinstance(node, (ast.Import, ast.ImportFrom)):  # also those inside a function
-                    for name, bindings, star in _bindings(node, mod.name, self._is_package(mod)):
+                    for name, bindings, star in _bindings(node, mod.name, mod.is_package):
                         for binding in bindings:
                             deps |= {self.load_key(m) for m in _loaded(binding) if m in self.modules}
                             if star and binding[1] in self.modules:
@@ -183,9 +184,6 @@ class Package:
                 ):
                     deps |= self.named.get(node.args[1].value, set())
         return deps, outside
-
-    def _is_package(self, mod: Module) -> bool:
-        return mod.path.endswith("/__init__.py")
 
     # -- pieces, their hashes and dependencies ---------------------------------------------
 
@@ -330,7 +328,7 @@ def _loaded(binding: tuple[str, ...]) -> list[str]:
 
 
 def _read_module(tree: ast.Module, dotted: str, path: str, is_package: bool) -> Module:
-    mod = Module(dotted, path)
+    mod = Module(dotted, path, is_package)
 
     def visit(stmts: list[ast.stmt]) -> None:
         for s in stmts:
@@ -389,14 +387,15 @@ def _parse_cell(source: str) -> ast.Module:
         return ast.parse(TransformerManager().transform_cell(source))
 
 
-_INCLUDE = re.compile(r"^(?:`{3,}|:{3,})\{literalinclude\}\s+(\S+)[ \t]*\n((?:[ \t]*:[\w-]+:.*\n?)*)", re.M)
+_INCLUDE = re.compile(r"^[ \t]*(?:`{3,}|:{3,})\{literalinclude\}[ \t]+(\S+)[ \t]*\n((?:[ \t]*:[\w-]+:.*\n?)*)", re.M)
+_DIRECTIVE = re.compile(r"^[ \t]*(?:`{3,}|:{3,})\{literalinclude\}", re.M)
 
 
 def _included(markdown: str, chapter_dir: Path, package: Package) -> set[str]:
     """The pieces the ``literalinclude`` directives of ``markdown`` show."""
     keys = set()
     matches = list(_INCLUDE.finditer(markdown))
-    if len(matches) != markdown.count("{literalinclude}"):
+    if len(matches) != len(_DIRECTIVE.findall(markdown)):
         raise ValueError(f"a literalinclude directive not written as ```{{literalinclude}} path: {markdown[:80]!r}")
     for match in matches:
         path = (chapter_dir / match.group(1)).resolve()

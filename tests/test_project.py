@@ -1,9 +1,12 @@
-"""The project's own plumbing: dependency lists agree, chapters and their notebooks are in sync."""
+"""The project's own plumbing: dependency lists agree, chapters and their notebooks are in sync,
+and the stored outputs come from the current code."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
+import sys
 import tomllib
 from pathlib import Path
 
@@ -14,6 +17,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 BOOK = ROOT / "book"
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import fingerprint  # noqa: E402  (scripts/fingerprint.py)
 
 
 def _toc_files() -> list[str]:
@@ -100,3 +106,37 @@ def test_figures_are_stored(md: Path):
 @pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.name)
 def test_chapter_uses_plain_progress(md: Path):
     assert not re.search(r"tqdm\.(auto|notebook)", md.read_text()), "use tqdm.std or plain lines in chapters"
+
+
+@functools.cache
+def _package() -> fingerprint.Package:
+    return fingerprint.Package(ROOT / "vaetut")
+
+
+@pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.name)
+def test_stored_outputs_come_from_the_current_code(md: Path):
+    """The vaetut definitions a chapter depends on are those its stored run executed.
+
+    scripts/execute_chapters.py records, in the notebook's metadata, a hash of each top-level
+    definition the chapter reaches (see scripts/fingerprint.py); a docstring, a comment or a
+    function the chapter never reaches does not count."""
+    text = jupytext.read(md)
+    if not any(c.cell_type == "code" for c in text.cells):
+        return
+    rerun = f"run ./run.sh chapters {md.relative_to(ROOT)}"
+    stored = nbformat.read(md.with_suffix(".ipynb"), as_version=4).metadata.get(fingerprint.RECORD)
+    assert stored, (
+        f"{md.name}: no fingerprint of the code that produced its stored outputs "
+        f"(metadata.{fingerprint.RECORD}), so they cannot be shown to be current: {rerun}"
+    )
+    assert stored.get("version") == fingerprint.VERSION, (
+        f"{md.name}: its fingerprint was made with other hashing rules (version {stored.get('version')}, "
+        f"now {fingerprint.VERSION}): {rerun}"
+    )
+    assert stored.get("mode") == "full", f"{md.name}: stored outputs are from a {stored.get('mode')}-mode run: {rerun}"
+    changes = fingerprint.stale(stored["code"], fingerprint.chapter_fingerprint(text, md.parent, _package()))
+    assert not changes, (
+        f"{md.name}: its stored outputs come from code that has changed since:\n"
+        + "".join(f"  {what}: {', '.join(keys)}\n" for what, keys in changes.items())
+        + rerun
+    )
