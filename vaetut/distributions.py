@@ -47,12 +47,15 @@ class ELBO(NamedTuple):
 
     ``elbo = log_px_z - kl``, each ``[B]``. ``kl`` is the analytic
     KL(q(z|x) || p(z)) where the model has one, otherwise a one-sample estimate
-    of E_q[log q(z|x) - log p(z)].
+    of E_q[log q(z|x) - log p(z)]. ``kl_units`` (``[B, D]``, where the model has
+    it) splits the analytic KL of a factorised q over the latent units; its rows
+    sum to ``kl`` (free bits penalise each unit separately).
     """
 
     elbo: Tensor  # [B]
     log_px_z: Tensor  # [B]  E_q[log p(x | z)], one-sample estimate
     kl: Tensor  # [B]
+    kl_units: Tensor | None = None  # [B, D]
 
 
 def kl_normal(
@@ -60,6 +63,8 @@ def kl_normal(
     log_var_q: Tensor,
     mu_p: Tensor | None = None,
     log_var_p: Tensor | None = None,
+    *,
+    per_unit: bool = False,
 ) -> Tensor:
     """KL( N(mu_q, diag exp(log_var_q)) || N(mu_p, diag exp(log_var_p)) ).
 
@@ -67,9 +72,10 @@ def kl_normal(
         mu_q, log_var_q: ``[..., D]``.
         mu_p, log_var_p: ``[..., D]`` (broadcastable); ``None`` means the standard
             normal N(0, I).
+        per_unit: return the KL of each of the D independent units instead of their sum.
 
     Returns:
-        ``[...]``: the divergence summed over the last dimension.
+        ``[...]``: the divergence summed over the last dimension (``[..., D]`` with ``per_unit``).
     """
     if mu_p is None:
         mu_p = torch.zeros_like(mu_q)
@@ -83,7 +89,7 @@ def kl_normal(
         + (log_var_q.exp() + (mu_q - mu_p).pow(2)) * torch.exp(-log_var_p)
         - 1.0
     )
-    return kl.sum(-1)
+    return kl if per_unit else kl.sum(-1)
 
 
 def reparameterize(mu: Tensor, log_var: Tensor, eps: Tensor | None = None) -> Tensor:

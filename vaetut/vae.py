@@ -336,8 +336,9 @@ class VAE(nn.Module):
         mu, log_var = self.encode(x)  # [B, D] each
         z = reparameterize(mu, log_var)  # [B, D]
         log_px_z = self.log_px_z(x, self.decode(z))  # [B]
-        kl = kl_normal(mu, log_var)  # [B]
-        return ELBO(log_px_z - kl, log_px_z, kl)
+        kl_units = kl_normal(mu, log_var, per_unit=True)  # [B, D]
+        kl = kl_units.sum(-1)  # [B]
+        return ELBO(log_px_z - kl, log_px_z, kl, kl_units)
 
     def log_weights(self, x: Tensor, k: int) -> Tensor:
         """log p(x, z_i) - log q(z_i | x) for k samples z_i ~ q(z|x): ``[k, B]``."""
