@@ -88,13 +88,32 @@ def posterior_stats(model, x: Tensor, batch_size: int = 500) -> tuple[Tensor, Te
     try:
         mus, log_vars = [], []
         for start in range(0, len(x), batch_size):
-            mu, log_var = model.encode(x[start : start + batch_size].to(device))  # [B, D] each
+            xb = x[start : start + batch_size].to(device)
+            mu, log_var = _posterior_pair(model.encode(xb), len(xb), type(model).__name__)  # [B, D] each
             mus.append(mu.cpu())
             log_vars.append(log_var.cpu())
     finally:
         if was_training:
             model.train()
     return torch.cat(mus), torch.cat(log_vars)
+
+
+def _posterior_pair(out: object, batch: int, name: str) -> tuple[Tensor, Tensor]:
+    """Check that ``encode`` gave ``(mu, log_var)``, two ``[B, D]`` tensors."""
+    ok = (
+        isinstance(out, (tuple, list))
+        and len(out) == 2
+        and all(torch.is_tensor(t) and t.dim() == 2 and len(t) == batch for t in out)
+        and out[0].shape == out[1].shape
+    )
+    if not ok:
+        got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
+        raise ValueError(
+            f"{name}.encode(x) must return (mu, log_var), two [B, D] tensors of a Gaussian posterior, got {got}. "
+            "A deterministic encoder (such as the Autoencoder's) has no posterior: study its codes "
+            "model.encode(x) directly."
+        )
+    return out[0], out[1]
 
 
 def kl_per_dimension(mu: Tensor, log_var: Tensor) -> Tensor:
