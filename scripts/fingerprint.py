@@ -2,7 +2,8 @@
 
 A chapter's stored outputs are current when none of the ``vaetut`` code it ran has changed
 since. This module names that code and hashes it, one piece per top-level definition of a
-package module (a function, a class as a whole, a module-level assignment):
+package module (a function, a class as a whole, a module-level assignment), plus one for the
+chapter's own code cells (``<code cells>``):
 
 * **Roots.** What the chapter's code cells take from the package (``from vaetut.x import y``,
   ``import vaetut`` then ``vaetut.x.y``) and the objects its ``literalinclude`` directives
@@ -44,6 +45,7 @@ PACKAGE_DIR = ROOT / "vaetut"
 RECORD = "vaetut"  # the notebook metadata key: {"version", "mode", "code": {piece: hash}}
 VERSION = 1  # of the hashing rules; bump when a change here changes the hashes
 MODULE = "<module>"  # the piece name of a module's import-time statements
+CELLS = "<code cells>"  # the piece of the chapter's own code
 
 # A resolved name: ("def", piece key), ("module", dotted name) or ("external", description).
 Target = tuple[str, str]
@@ -238,7 +240,10 @@ def code_fingerprint(sources: list[str], markdown: list[str], chapter_dir: Path,
     roots, _ = package.references(chapter, [tree])
     for text in markdown:
         roots |= _included(text, Path(chapter_dir), package)
-    return package.closure(roots)
+    found = package.closure(roots)
+    if sources:  # outputs kept after a cell was edited in Jupyter are stale too
+        found[CELLS] = hashlib.sha256(canonical(tree).encode()).hexdigest()[:16]
+    return found
 
 
 def chapter_fingerprint(nb, chapter_dir: Path, package: Package | None = None) -> dict[str, str]:

@@ -69,10 +69,17 @@ def make_package(tmp_path: Path, **edits: str) -> fingerprint.Package:
     return fingerprint.Package(folder)
 
 
-def deps(package: fingerprint.Package, *cells: str, markdown: str = "") -> dict[str, str]:
+def chapter(package: fingerprint.Package, *cells: str, markdown: str = "") -> dict[str, str]:
     """The fingerprint of a chapter in tmp_path/book with these code cells."""
     book = package.dir.parent / "book"
     return fingerprint.code_fingerprint([textwrap.dedent(c) for c in cells], [markdown], book, package)
+
+
+def deps(package: fingerprint.Package, *cells: str, markdown: str = "") -> dict[str, str]:
+    """Its package pieces (without the piece of its own code)."""
+    found = chapter(package, *cells, markdown=markdown)
+    del found[fingerprint.CELLS]
+    return found
 
 
 def test_a_docstring_comment_or_layout_edit_keeps_the_hash(tmp_path):
@@ -164,6 +171,15 @@ def test_statements_run_at_import_are_a_piece_of_every_chapter_that_loads_the_mo
     changed = deps(make_package(tmp_path, **{"extra.py": effect.replace("float64", "float32")}), "from pkg.maths import cube")
     assert fingerprint.stale(found, changed) == {"changed": ["pkg/extra.py::<module>"]}
     assert "pkg/extra.py::<module>" not in deps(make_package(tmp_path), "from pkg.maths import cube")
+
+
+def test_the_chapter_s_own_code_is_a_piece_too(tmp_path):
+    package = make_package(tmp_path)
+    cells = ["from pkg import helper", "y = helper(3)\nprint(y)"]
+    before = chapter(package, *cells)
+    assert chapter(package, cells[0], "# the answer\ny = helper( 3 )  # six\nprint(y)") == before
+    assert fingerprint.stale(before, chapter(package, cells[0], "y = helper(4)\nprint(y)")) == {"changed": ["<code cells>"]}
+    assert fingerprint.CELLS not in chapter(package, markdown="Only text.")
 
 
 def test_stale_reports_changed_and_new_dependencies_not_dropped_ones():

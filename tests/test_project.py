@@ -115,11 +115,12 @@ def _package() -> fingerprint.Package:
 
 @pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.name)
 def test_stored_outputs_come_from_the_current_code(md: Path):
-    """The vaetut definitions a chapter depends on are those its stored run executed.
+    """The vaetut definitions a chapter depends on, and its own code cells, are those its
+    stored run executed.
 
     scripts/execute_chapters.py records, in the notebook's metadata, a hash of each top-level
-    definition the chapter reaches (see scripts/fingerprint.py); a docstring, a comment or a
-    function the chapter never reaches does not count."""
+    definition the chapter reaches and of its code cells (see scripts/fingerprint.py); a
+    docstring, a comment or a function the chapter never reaches does not count."""
     text = jupytext.read(md)
     if not any(c.cell_type == "code" for c in text.cells):
         return
