@@ -437,7 +437,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{md}: {len(current)} pieces")
         for key, digest in current.items():
             print(f"  {digest}  {key}")
-        if stored is None:
+        if not current:
+            print("  no code cells: nothing to check")
+        elif stored is None:
             print("  no fingerprint stored with its outputs")
         else:
             for what, keys in stale(stored.get("code", {}), current).items():
