@@ -136,7 +136,8 @@ class NVAEConfig:
     Attributes:
         image_shape: ``(C, H, W)`` of one input image, pixels in [0, 1]; H = W.
         resolutions: side length of the latent maps at each scale, strictly
-            increasing; each divides the next and the last divides H.
+            increasing; each divides the next and the last divides H (it may
+            equal H).
         groups_per_scale: number of latent groups at each scale (>= 1 each);
             L = ``sum(groups_per_scale)``.
         channels: width of the residual networks at each scale (bottom-up and
@@ -188,14 +189,14 @@ class NVAEConfig:
                     f"{name} needs one entry per scale: resolutions={self.resolutions} has {scales} "
                     f"scales but {name}={getattr(self, name)}"
                 )
-        sides = (*self.resolutions, shape[1])
-        for r, nxt in zip(sides[:-1], sides[1:]):
-            if nxt <= r or nxt % r:
-                what = "the image side" if nxt == shape[1] and r == self.resolutions[-1] else f"resolution {nxt}"
+        res = self.resolutions
+        for i, r in enumerate(res):
+            nxt, what = (res[i + 1], "resolution") if i + 1 < scales else (shape[1], "the image side")
+            if nxt % r or (nxt == r and i + 1 < scales):
+                problem = f"{r} does not divide {what} {nxt}" if nxt % r else f"resolution {r} appears twice"
                 raise ValueError(
-                    f"resolutions must increase by integer factors up to the image side: {r} does not divide "
-                    f"{what} {nxt} (resolutions={self.resolutions}, image {shape[1]}x{shape[2]}); "
-                    "e.g. (7, 14) for 28x28"
+                    f"resolutions must grow by integer factors, the last one dividing the image side: {problem} "
+                    f"(resolutions={res}, image {shape[1]}x{shape[2]}); e.g. (7, 14) for 28x28"
                 )
         object.__setattr__(self, "latent_channels", check_count(self.latent_channels, "latent_channels"))
         object.__setattr__(
