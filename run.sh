@@ -3,15 +3,18 @@
 # environment in .venv with vaetut and its book and test extras).
 #
 #   ./run.sh book               build the HTML book into _build/html (from stored outputs)
-#   ./run.sh test               unit tests, the chapters under nbval (quick mode), and a
-#                               book build with warnings as errors
+#   ./run.sh test               unit tests, the chapters under nbval (quick mode), a book
+#                               build with warnings as errors, and the live explorers of the
+#                               built pages in headless Chromium (skipped, and said so,
+#                               without chromium)
 #   ./run.sh chapters [FILES]   re-run chapters in full mode and store their outputs
 #                               (all chapters by default; e.g. book/elbo.md)
 #   ./run.sh bench              the training-speed benchmark
 #
 # Environment: PYTHON (default python3, 3.10-3.12), VAETUT_DATA (folder holding
 # MNIST/raw; default ../shared/data when it exists, else ~/.cache/vaetut/data),
-# VAETUT_SCALE (multiplies full-mode budgets, e.g. 5 on a GPU).
+# VAETUT_SCALE (multiplies full-mode budgets, e.g. 5 on a GPU), CHROMIUM (the browser
+# for the explorers' test; default: chromium on PATH).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -46,6 +49,22 @@ build_book() {
   jupyter-book build . --path-output . "$@"
 }
 
+browser_tests() {
+  # the live explorers on the built book's pages, opened from file:// in headless Chromium
+  # (Debian's chromium driven by Playwright's Python package; CHROMIUM=/path overrides)
+  echo "== the book's live explorers in headless Chromium"
+  local chromium=${CHROMIUM:-$(command -v chromium || true)}
+  if [ -n "$chromium" ] && [ -x "$chromium" ] && python -c "import playwright" 2>/dev/null; then
+    CHROMIUM=$chromium python -m pytest tests/browser -q
+  elif [ -n "${VAETUT_REQUIRE_BROWSER:-}" ]; then
+    echo "the browser test needs Chromium (apt-get install chromium) and playwright (pip install playwright)" >&2
+    exit 1
+  else
+    echo "SKIPPED: no Chromium or no playwright, so the explorers were not checked in a browser" \
+      "(apt-get install chromium; pip install playwright)"
+  fi
+}
+
 cmd=${1:-}
 shift || true
 case "$cmd" in
@@ -58,11 +77,13 @@ case "$cmd" in
     setup
     export VAETUT_MODE=quick
     echo "== unit tests"
-    python -m pytest tests -q
+    command -v node >/dev/null || echo "note: no node on PATH: the explorers' JavaScript tests are skipped (install Node.js 18+)"
+    python -m pytest tests -q --ignore=tests/browser
     echo "== chapters under nbval (quick mode)"
     python -m pytest --nbval book/ --nbval-current-env -q
     echo "== book build with warnings as errors"
     build_book -W -n --keep-going
+    browser_tests
     ;;
   chapters)
     setup
@@ -73,7 +94,7 @@ case "$cmd" in
     python benchmarks/train_epoch.py "$@"
     ;;
   *)
-    sed -n '2,16p' "$0"
+    sed -n '2,17p' "$0"
     exit 2
     ;;
 esac

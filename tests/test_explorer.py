@@ -42,7 +42,17 @@ def models() -> dict[str, VAE]:
         "linear": VAE(latent_dim=4, hidden=()),
     }
     out["strong"] = scaled(VAE(latent_dim=10, hidden=(256,)), 2.0)  # logits of several units, as after training
+    # a first layer so sharp that float16 alone moves pixels by 3e-3: that layer needs the residual
+    sharp = VAE(latent_dim=2, hidden=(128, 64), activation="tanh")
+    with torch.no_grad():
+        sharp.decoder[0][0].weight.mul_(40.0)
+        sharp.decoder[0][-1].weight.mul_(4.0)
+    out["sharp"] = sharp
     return out
+
+
+def dtypes(path: Path) -> list[str]:
+    return [l["dtype"] for l in ex.load_export(path)["decoder"]["layers"] if l["type"] == "linear"]
 
 
 def scaled(model: VAE, factor: float) -> VAE:
@@ -70,12 +80,13 @@ def test_export_round_trip(tmp_path):
     assert [l["type"] for l in data["decoder"]["layers"]] == ["linear", "relu", "linear", "relu", "linear", "sigmoid"]
     # float16: two bytes per weight, and about half a million weights
     n = sum(p.numel() for p in model.decoder.parameters())
-    assert data["decoder"]["n_weights"] == n and 500_000 < n < 600_000
+    assert dtypes(path) == ["float16"] * 3
+    assert data["decoder"]["n_values"] == n and 500_000 < n < 600_000
     assert len(base64.b64decode(data["decoder"]["weights"])) == 2 * n
     z = codes(2)
     with torch.no_grad():
         exported = ex.decoder_from_export(data)(z)
-        rounded = ex.half_decoder(model)
+        rounded = ex.rounded_decoder(model, dtypes(path))
         torch.testing.assert_close(exported, rounded.mean(rounded.decode(z)), rtol=0, atol=1e-6)
         assert (exported - model.mean(model.decode(z))).abs().max() < 1e-3
 
@@ -95,11 +106,25 @@ def test_export_rejects_what_the_browser_cannot_run(tmp_path):
         ex.export_decoder(VAE(latent_dim=2, arch="conv", channels=(8, 16)), "conv", out_dir=tmp_path)
     with pytest.raises(ValueError, match="a-z0-9_"):
         ex.export_decoder(models()["linear"], "../evil", out_dir=tmp_path)
-    with pytest.raises(ValueError, match="rounding the decoder's weights to float16"):  # the check is live
-        ex.export_decoder(scaled(VAE(latent_dim=10, hidden=(256,)), 6.0), "too_sharp", out_dir=tmp_path)
+    with pytest.raises(ValueError, match="would not show the same model"):  # the check is live
+        ex.export_decoder(models()["linear"], "impossible", out_dir=tmp_path, tolerance=0.0)
     with pytest.raises(ValueError, match="float16's range"):
         ex.encode_array(torch.tensor([1e6]), "float16")
     assert not list(tmp_path.iterdir())
+
+
+def test_precision_is_raised_only_where_float16_is_not_enough(tmp_path):
+    sharp = models()["sharp"]
+    plain = ex._rounding_error(sharp, ["float16"] * 3, lim=3.0)
+    assert plain > ex.F16_TOLERANCE, "the fixture must need more than float16"
+    path, err = ex.export_decoder(sharp, "sharp", out_dir=tmp_path)
+    kinds = dtypes(path)
+    assert kinds == ["float16x2", "float16", "float16"], kinds  # the big layers stay compact
+    assert err < ex.F16_TOLERANCE
+    data = ex.load_export(path)
+    z = codes(2, 256)
+    with torch.no_grad():
+        torch.testing.assert_close(ex.decoder_from_export(data)(z), sharp.mean(sharp.decode(z)), rtol=0, atol=1e-3)
 
 
 def test_arrays_round_trip():
@@ -193,7 +218,7 @@ def test_js_half_floats_are_exact(tmp_path):
 
 
 @needs_node
-@pytest.mark.parametrize("kind", ["chapter_2d", "tanh", "gaussian", "linear", "strong"])
+@pytest.mark.parametrize("kind", ["chapter_2d", "tanh", "gaussian", "linear", "strong", "sharp"])
 def test_js_decoder_matches_torch(kind, tmp_path):
     model = models()[kind]
     path, _ = ex.export_decoder(model, kind, out_dir=tmp_path)
@@ -201,7 +226,7 @@ def test_js_decoder_matches_torch(kind, tmp_path):
     js = torch.tensor(run_node({"decode": {"data": str(path), "codes": z.tolist()}}, tmp_path)["decode"])
     with torch.no_grad():
         exact = model.mean(model.decode(z)).flatten(1)
-        rounded = ex.half_decoder(model)
+        rounded = ex.rounded_decoder(model, dtypes(path))
         same_weights = rounded.mean(rounded.decode(z)).flatten(1)
     assert js.shape == exact.shape
     # the same float16 weights: float32 (torch) against float64 (JavaScript) arithmetic only

@@ -36,15 +36,22 @@ server or straight from disk (``file://``), and under ``file://`` Chromium refus
 The data file holds one JSON object (format ``"vaetut-explorer-1"``)::
 
     {"format", "name", "written_by": run_info(), "config": VAEConfig as a dict,
-     "decoder": {"layers": [{"type": "linear", "in": 2, "out": 256}, {"type": "relu"}, ...,
-                            {"type": "sigmoid"}],
-                 "image_shape": [C, H, W], "dtype": "float16",
+     "decoder": {"layers": [{"type": "linear", "in": 2, "out": 256, "dtype": "float16"},
+                            {"type": "relu"}, ..., {"type": "sigmoid"}],
+                 "image_shape": [C, H, W], "max_error": ...,
                  "weights": base64 of float16 little-endian: per linear layer W [out, in]
-                            row-major, then b [out]},
+                            row-major, then b [out]; a layer of dtype "float16x2" stores
+                            W, b rounded to float16 and then the rounding's residual W - W16,
+                            b - b16, also in float16},
      "extras": what the explorer shows beside the decoder (test codes, posterior means,
                reference images decoded by PyTorch for the tests)}
 
 Arrays in ``extras`` are ``{"dtype": "float16" or "uint8", "shape": [...], "b64": ...}``.
+
+Float16 keeps about 3 significant digits, which moves a trained decoder's pixel
+probabilities by a few 1e-4; the export measures that change on random codes and, while it
+exceeds ``F16_TOLERANCE`` (1e-3), stores the smallest remaining layer as "float16x2" (two
+halves, about float32's precision), so the browser never shows a visibly different model.
 
 Where the weights go: in full mode (the run whose outputs the book shows) into
 ``book/_static/explorers/``, committed with the chapter's outputs; in quick mode (the
@@ -84,7 +91,8 @@ __all__ = [
     "Explorer",
     "export_dir",
     "decoder_spec",
-    "half_decoder",
+    "rounded_decoder",
+    "choose_precision",
     "export_decoder",
     "load_export",
     "decoder_from_export",
@@ -115,15 +123,15 @@ class Explorer:
             ``<script src>`` and the inline module.
         name: the weights' name (``None`` for a planar flow, whose numbers are inline).
         path: the weights file written, or ``None``.
-        max_f16_error: largest |pixel probability| change that rounding the weights to
-            float16 caused on random codes (checked below ``F16_TOLERANCE``).
+        max_error: largest |pixel mean| change that the stored precision of the weights
+            caused on random codes (kept below ``F16_TOLERANCE``).
     """
 
     kind: str
     html: str
     name: str | None = None
     path: Path | None = None
-    max_f16_error: float | None = None
+    max_error: float | None = None
 
     def _repr_html_(self) -> str:
         return self.html
@@ -228,24 +236,62 @@ def _decode_mean(model: nn.Module, z: Tensor) -> Tensor:
     return model.mean(model.decode(z))
 
 
-def half_decoder(model: nn.Module) -> nn.Module:
-    """A CPU float32 copy of ``model`` whose decoder weights are rounded to float16, as the
-    browser reads them."""
-    copy_ = copy.deepcopy(model).cpu().float()
+def _round(t: Tensor, dtype: str) -> Tensor:
+    """``t`` as the browser reads it: rounded to float16, or float16 plus its float16 residual."""
+    hi = t.detach().cpu().float().half().float()
+    if dtype == "float16":
+        return hi
+    if dtype == "float16x2":
+        return hi + (t.detach().cpu().float() - hi).half().float()
+    raise ValueError(f"dtype must be 'float16' or 'float16x2', got {dtype!r}")
+
+
+def rounded_decoder(model: nn.Module, dtypes: Sequence[str] | None = None) -> nn.Module:
+    """A CPU float32 copy of ``model`` whose decoder weights are rounded as the browser reads
+    them: one dtype per linear layer of the decoder (default all ``"float16"``)."""
+    out = copy.deepcopy(model).cpu().float().eval()
+    linears = [m for m in out.decoder.modules() if isinstance(m, nn.Linear)]
+    dtypes = list(dtypes) if dtypes is not None else ["float16"] * len(linears)
+    if len(dtypes) != len(linears):
+        raise ValueError(f"{len(linears)} linear layers but {len(dtypes)} dtypes")
     with torch.no_grad():
-        for p in copy_.decoder.parameters():
-            p.copy_(p.half().float())
-    return copy_.eval()
+        for m, dtype in zip(linears, dtypes):
+            for p in m.parameters():
+                p.copy_(_round(p, dtype))
+    return out
 
 
 @torch.no_grad()
-def _f16_error(model: nn.Module, lim: float, n: int = 512) -> float:
-    """Largest |E[x|z] change| that float16 weights cause, over n codes in [-lim, lim]^D and from N(0, I)."""
+def _rounding_error(model: nn.Module, dtypes: Sequence[str], lim: float, n: int = 1024) -> float:
+    """Largest |E[x|z]| change the rounding causes, over n codes: half uniform on [-lim, lim]^D
+    (what the explorers reach), half from the prior N(0, I)."""
     ref = copy.deepcopy(model).cpu().float().eval()
     g = torch.Generator().manual_seed(0)
     d = model.config.latent_dim
     z = torch.cat([(torch.rand(n // 2, d, generator=g) * 2 - 1) * lim, torch.randn(n - n // 2, d, generator=g)])
-    return (_decode_mean(ref, z) - _decode_mean(half_decoder(model), z)).abs().max().item()
+    return (_decode_mean(ref, z) - _decode_mean(rounded_decoder(model, dtypes), z)).abs().max().item()
+
+
+def choose_precision(model: nn.Module, lim: float = 3.0, tolerance: float = F16_TOLERANCE) -> tuple[list[str], float]:
+    """Per linear layer ``"float16"`` or ``"float16x2"``: all float16 if that keeps every decoded
+    pixel within ``tolerance``, else the smallest layers first get the residual too.
+
+    Returns ``(dtypes, max_error)``; raises ValueError if even all-``float16x2`` misses.
+    """
+    linears = [m for m in model.decoder.modules() if isinstance(m, nn.Linear)]
+    dtypes = ["float16"] * len(linears)
+    err = _rounding_error(model, dtypes, lim)
+    for i in sorted(range(len(linears)), key=lambda i: linears[i].weight.numel()):
+        if err < tolerance:
+            break
+        dtypes[i] = "float16x2"
+        err = _rounding_error(model, dtypes, lim)
+    if not err < tolerance:
+        raise ValueError(
+            f"the stored weights change the decoder's pixel means by up to {err:.2e} (tolerance {tolerance:g}): "
+            "the explorer would not show the same model"
+        )
+    return dtypes, err
 
 
 def export_decoder(
@@ -263,23 +309,25 @@ def export_decoder(
         name: the key in ``globalThis.VAETUT_EXPLORERS`` and the file's stem (``[a-z0-9_]+``).
         extras: JSON-ready data the explorer shows beside the decoder.
         out_dir: default :func:`export_dir` (the book's static folder in full mode only).
-        lim: codes in ``[-lim, lim]`` are used to check the float16 rounding.
-        tolerance: largest allowed change of a pixel's mean by the float16 rounding; a
-            larger one raises ValueError (the explorer would not show the chapter's model).
+        lim: codes in ``[-lim, lim]`` are used to check the rounding.
+        tolerance: largest allowed change of a pixel's mean by the rounding of the weights
+            (see :func:`choose_precision`, which picks each layer's precision to stay below it).
 
     Returns:
-        ``(path, max_f16_error)``.
+        ``(path, max_error)``.
     """
     if not _NAME.match(name):
         raise ValueError(f"name must match [a-z0-9_]+ (it names a file and a JavaScript key), got {name!r}")
     layers, tensors = decoder_spec(model)
-    err = _f16_error(model, lim)
-    if not err < tolerance:
-        raise ValueError(
-            f"rounding the decoder's weights to float16 changes its pixel means by up to {err:.2e} "
-            f"(tolerance {tolerance:g}); the explorer would not show the same model"
-        )
-    flat = torch.cat([t.detach().cpu().float().reshape(-1) for t in tensors])  # [n_weights]
+    dtypes, err = choose_precision(model, lim, tolerance)
+    parts = []
+    for layer, w, b, dtype in zip([l for l in layers if l["type"] == "linear"], tensors[0::2], tensors[1::2], dtypes):
+        layer["dtype"] = dtype
+        hi = [t.detach().cpu().float().reshape(-1).half().float() for t in (w, b)]
+        parts += hi
+        if dtype == "float16x2":  # the rounding's residual, W - W16 then b - b16
+            parts += [t.detach().cpu().float().reshape(-1) - h for t, h in zip((w, b), hi)]
+    flat = torch.cat(parts)  # [n_values]
     cfg = asdict(model.config)
     data = {
         "format": FORMAT,
@@ -289,9 +337,8 @@ def export_decoder(
         "decoder": {
             "layers": layers,
             "image_shape": list(model.config.image_shape),
-            "dtype": "float16",
-            "n_weights": flat.numel(),
-            "max_f16_error": float(f"{err:.3g}"),
+            "n_values": flat.numel(),
+            "max_error": float(f"{err:.3g}"),
             "weights": encode_array(flat, "float16")["b64"],
         },
         "extras": extras or {},
@@ -329,18 +376,22 @@ def decoder_from_export(data: dict) -> nn.Sequential:
     """The exported decoder as a float32 ``nn.Sequential``: codes ``[N, D]`` -> ``[N, C, H, W]``
     in the output's scale (probabilities after a sigmoid, Gaussian means otherwise)."""
     spec = data["decoder"]
-    w = decode_array({"dtype": "float16", "shape": [spec["n_weights"]], "b64": spec["weights"]})
+    w = decode_array({"dtype": "float16", "shape": [spec["n_values"]], "b64": spec["weights"]})
     mods: list[nn.Module] = []
     off = 0
     for layer in spec["layers"]:
         t = layer["type"]
         if t == "linear":
             lin = nn.Linear(layer["in"], layer["out"])
+            n = layer["in"] * layer["out"] + layer["out"]  # W then b
+            values = w[off:off + n]
+            off += n
+            if layer["dtype"] == "float16x2":
+                values = values + w[off:off + n]
+                off += n
             with torch.no_grad():
-                n = layer["in"] * layer["out"]
-                lin.weight.copy_(w[off:off + n].reshape(layer["out"], layer["in"]))
-                lin.bias.copy_(w[off + n:off + n + layer["out"]])
-            off += n + layer["out"]
+                lin.weight.copy_(values[:-layer["out"]].reshape(layer["out"], layer["in"]))
+                lin.bias.copy_(values[-layer["out"]:])
             mods.append(lin)
         else:
             mods.append({"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "identity": nn.Identity}[t]())

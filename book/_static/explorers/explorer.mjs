@@ -63,7 +63,8 @@ export function decodeArray(a) {
 // ---------------------------------------------------------------- decoder
 /**
  * A decoder from its export ({layers, image_shape, weights}): each linear layer's weight
- * [out, in] (row-major, as torch stores it) and then its bias [out], all float16.
+ * [out, in] (row-major, as torch stores it) and then its bias [out], all float16; a layer of
+ * dtype "float16x2" is followed by the float16 residual of the same values (w = hi + lo).
  */
 export function buildDecoder(spec) {
   const w = float16ToFloat32(base64ToBytes(spec.weights));
@@ -72,15 +73,19 @@ export function buildDecoder(spec) {
   const layers = spec.layers.map((l) => {
     if (l.type === "linear") {
       if (dim !== null && l.in !== dim) throw new Error(`linear layer takes ${l.in} inputs after a layer of ${dim}`);
-      const W = w.subarray(off, (off += l.in * l.out));
-      const b = w.subarray(off, (off += l.out));
+      const n = l.in * l.out + l.out;
+      let values = w.subarray(off, (off += n));
+      if (l.dtype === "float16x2") {
+        const lo = w.subarray(off, (off += n));
+        values = Float64Array.from(values, (v, i) => v + lo[i]);
+      } else if (l.dtype !== "float16") throw new Error(`unknown weight dtype ${l.dtype}`);
       dim = l.out;
-      return { type: "linear", in: l.in, out: l.out, W, b };
+      return { type: "linear", in: l.in, out: l.out, W: values.subarray(0, l.in * l.out), b: values.subarray(l.in * l.out) };
     }
     if (!["relu", "tanh", "sigmoid", "identity"].includes(l.type)) throw new Error(`unknown layer type ${l.type}`);
     return { type: l.type };
   });
-  if (off !== w.length) throw new Error(`the layers use ${off} weights, the file holds ${w.length}`);
+  if (off !== w.length) throw new Error(`the layers use ${off} values, the file holds ${w.length}`);
   const first = layers.find((l) => l.type === "linear");
   const [c, h, wd] = spec.image_shape;
   if (dim !== c * h * wd) throw new Error(`the decoder outputs ${dim} values, an image of [${spec.image_shape}] has ${c * h * wd}`);
@@ -276,15 +281,15 @@ export function mountLatentPlane(root, data, opts = {}) {
   const id = `vx${++uid}`;
 
   const plane = el("canvas", {
-    width: size, height: size, tabindex: 0, role: "application", "aria-roledescription": "latent plane",
+    class: "vx-plane", width: size, height: size, tabindex: 0, role: "application", "aria-roledescription": "latent plane",
     "aria-label": `Latent plane: z1 across, z2 up, each from ${-lim} to ${lim}; dots are test images' codes. ` +
       "Arrow keys move the code (Shift for bigger steps, Home to return to 0, 0); the decoded image is shown beside it.",
     "aria-describedby": `${id}-readout`,
   });
-  const image = el("canvas", { role: "img", "aria-label": "decoded image" });
+  const image = el("canvas", { class: "vx-decoded", role: "img", "aria-label": "decoded image" });
   const readout = el("p", { class: "vx-readout", id: `${id}-readout` });
   // spoken after keyboard moves only: a pointer sweep would flood a screen reader
-  const live = el("p", { class: "vx-sr", "aria-live": "polite", "aria-atomic": "true" });
+  const live = el("p", { class: "vx-sr vx-status", "aria-live": "polite", "aria-atomic": "true" });
   const legend = el("ul", { class: "vx-legend", "aria-label": "dot colours: digit labels of the test images" });
   if (labels) {
     for (const k of [...new Set(labels)].sort((a, b) => a - b)) {
@@ -379,7 +384,7 @@ export function mountLatentSliders(root, data, opts = {}) {
   const select = el("select", { id: `${id}-image` });
   for (let k = 0; k < M; k++) select.append(el("option", { value: k, text: ex.image_names?.[k] ?? `test image ${k + 1}` }));
   const reset = el("button", { type: "button", text: "Reset to its posterior mean" });
-  const status = el("p", { class: "vx-readout", "aria-live": "polite", "aria-atomic": "true" });
+  const status = el("p", { class: "vx-readout vx-status", "aria-live": "polite", "aria-atomic": "true" });
   const grid = el("div", { class: "vx-sliders", role: "group", "aria-label": "latent units, largest KL first" });
   const sliders = new Array(D);
   const outs = new Array(D);
@@ -392,8 +397,8 @@ export function mountLatentSliders(root, data, opts = {}) {
     outs[u] = o;
     s.addEventListener("input", () => update());
   }
-  const original = el("canvas", { role: "img", "aria-label": "the chosen test image" });
-  const image = el("canvas", { role: "img", "aria-label": "decoded image" });
+  const original = el("canvas", { class: "vx-input", role: "img", "aria-label": "the chosen test image" });
+  const image = el("canvas", { class: "vx-decoded", role: "img", "aria-label": "decoded image" });
   const scale = opts.scale ?? 6;
   const paint = imagePainter(image, dec.imageShape, scale);
   const paintOriginal = imagePainter(original, dec.imageShape, scale);
@@ -462,8 +467,8 @@ export function mountPlanarFlow(root, data, opts = {}) {
       update();
     });
   }
-  const canvas = el("canvas", { width: size, height: size, role: "img", "aria-label": "density of f(z)" });
-  const readout = el("p", { class: "vx-readout", "aria-live": "polite", "aria-atomic": "true" });
+  const canvas = el("canvas", { class: "vx-density", width: size, height: size, role: "img", "aria-label": "density of f(z)" });
+  const readout = el("p", { class: "vx-readout vx-status", "aria-live": "polite", "aria-atomic": "true" });
   const resetButton = el("button", { type: "button", text: "Reset" });
   root.append(el("div", { class: "vx-row" }, canvas, el("div", { class: "vx-side" }, grid, resetButton, readout,
     el("p", { class: "vx-help", text: `The image shows the density of f(z) for z ~ N(0, I) on [${-lim}, ${lim}]², brightest at its maximum. The layer uses û, not u: whatever the sliders say, w·û = m(w·u) > −1, so f stays invertible.` }))));

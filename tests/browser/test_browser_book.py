@@ -1,0 +1,50 @@
+"""The explorers on the built book's own pages, opened from disk as a reader (and browse-book) does.
+
+Runs after the book build (./run.sh test). Which pages must have which explorers is read from
+the chapter sources: a chapter that calls ``latent_plane_explorer(...)`` must show a working
+latent plane. ``VAETUT_BOOK_HTML`` points at another built book (default ``_build/html``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from explorer_checks import check_page
+
+ROOT = Path(__file__).resolve().parents[2]
+HTML = Path(os.environ.get("VAETUT_BOOK_HTML", ROOT / "_build" / "html"))
+KINDS = {"latent_plane_explorer": "latent-plane", "latent_sliders_explorer": "latent-sliders", "planar_flow_explorer": "planar-flow"}
+
+
+def expected() -> dict[str, list[str]]:
+    """Chapter name -> the explorer kinds its source places, in order."""
+    out = {}
+    for md in sorted((ROOT / "book").glob("*.md")):
+        calls = re.findall(r"^[^#\n]*\b(" + "|".join(KINDS) + r")\(", md.read_text(), flags=re.M)
+        if calls:
+            out[md.stem] = [KINDS[c] for c in calls]
+    return out
+
+
+EXPECTED = expected()
+
+
+def test_the_chapters_place_explorers():
+    assert {"gaussian_vae", "beta_vae", "normalizing_flows"} <= set(EXPECTED), EXPECTED
+
+
+@pytest.mark.parametrize("chapter", sorted(EXPECTED))
+def test_built_page(browser, chapter):
+    page = HTML / "book" / f"{chapter}.html"
+    if not page.exists():
+        pytest.skip(f"no built book at {HTML}: run ./run.sh book first")
+    if "data-vaetut-explorer" not in page.read_text():
+        pytest.fail(
+            f"book/{chapter}.md places an explorer but the built page has none: the stored outputs of "
+            f"book/{chapter}.ipynb predate it; re-run the chapter in full mode (./run.sh chapters book/{chapter}.md)"
+        )
+    assert check_page(browser, page) == EXPECTED[chapter]
