@@ -126,6 +126,13 @@ class FlowVAE(VAE):
         return self.log_px_z(x, self.decode(z)) + log_standard_normal(z) - log_q
 
     @torch.no_grad()
+    def posterior_means(self, x: Tensor, k: int = 10) -> list[Tensor]:
+        """Monte Carlo E_q[z_T | x] from k posterior samples, as a one-layer list ``[[B, D]]``
+        (the flow moves the mean away from the base Gaussian's mu)."""
+        z, _ = self.posterior(x, check_count(k, "k"))  # [k, B, D]
+        return [z.mean(0)]
+
+    @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
         """Decoder means at z_T = flow(mu(x)), the image of the base mean, ``[B, C, H, W]``."""
         h = self.features(x)

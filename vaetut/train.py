@@ -255,7 +255,8 @@ class Objective(nn.Module):
             log_w = model.log_weights(x, cfg.k)  # [k, B]
             # $L_k = \log \frac1k \sum_i w_i$, the IWAE bound; its k-sample mean of log w is an ELBO estimate
             bound = torch.logsumexp(log_w, dim=0) - math.log(cfg.k)  # [B]
-            return -bound.mean(), {"iwae": bound.detach().mean(), "elbo": log_w.detach().mean()}
+            loss = -bound.mean()
+            return loss, {"loss": loss.detach(), "iwae": bound.detach().mean(), "elbo": log_w.detach().mean()}
         terms = getattr(model, cfg.objective)(x)
         kl = getattr(terms, "kl", None)
         if hasattr(model, "training_loss"):

@@ -358,6 +358,14 @@ class VAE(nn.Module):
         return self.mean(self.decode(z.to(weight.device)))
 
     @torch.no_grad()
+    def posterior_means(self, x: Tensor, k: int = 1) -> list[Tensor]:
+        """E_q[z | x] as a one-layer list ``[mu]``, ``[B, D]`` (exact; ``k`` is unused).
+
+        Every vaetut model has this method, so the active-units diagnostic treats
+        one-layer and hierarchical models alike."""
+        return [self.encode(x)[0]]
+
+    @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
         """Decoder means at z = mu(x), ``[B, C, H, W]``."""
         mu, _ = self.encode(x)

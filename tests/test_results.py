@@ -1,0 +1,130 @@
+"""The results harness: registry entries, records, resumption, summaries, and the command line."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from vaetut import fit
+from vaetut.cli import main
+from vaetut.results import MODELS, PROTOCOLS, Protocol, build, paired_difference, run_protocol, summarise, train_config
+
+SMALL = Protocol("small", epochs=1, seeds=(0, 1), n_train=200, n_elbo=60, n_ll=20, k=10, n_units=60)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_registry_entry_builds_and_trains_a_step(name):
+    model = build(name, seed=0)
+    x = torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    config = train_config(name, SMALL, seed=0, steps_per_epoch=2)
+    history = fit(model, x, config, batch_size=4, progress=False, device="cpu")
+    assert len(history.epochs) == 1 and math.isfinite(history.epochs[0]["loss"])
+    model.eval()
+    assert model.log_weights(x[:2], 3).shape == (3, 2)
+    assert all(m.shape[0] == 2 for m in model.posterior_means(x[:2], 4))
+    assert config.objective == MODELS[name].objective and config.k == MODELS[name].k
+
+
+def test_registry_architectures_are_the_literature_s():
+    vae = build("vae")
+    assert [m.out_features for m in vae.encoder.modules() if isinstance(m, torch.nn.Linear)] == [200, 200]
+    assert vae.latent_dim == 50 and vae.config.activation == "tanh"
+    assert sum(p.numel() for p in build("iwae5").parameters()) == sum(p.numel() for p in vae.parameters())
+    assert MODELS["iwae5"].k == 5 and MODELS["iwae50"].k == 50 and MODELS["iwae50"].objective == "iwae"
+    vae2 = build("vae2")
+    assert vae2.config.latent_dims == (100, 50) and vae2.config.inference == "bottom_up"
+    assert build("lvae").config.inference == "ladder"
+
+
+def test_protocols_are_as_documented():
+    cpu, published = PROTOCOLS["cpu"], PROTOCOLS["published"]
+    assert cpu.seeds == (0, 1, 2) and cpu.n_elbo == 10_000 and cpu.n_ll >= 2_000 and cpu.k == 5_000
+    assert published.epochs == sum(3**i for i in range(8)) == 3280
+    assert published.batch_size == 20 and published.adam_eps == 1e-4 and published.lr_schedule == "burda"
+    assert published.n_ll == 10_000
+
+
+def test_run_protocol_writes_complete_records_and_continues_after_an_interruption(tmp_path):
+    out = tmp_path / "small.json"
+    logged = []
+    run_protocol(SMALL, out, models=["vae", "vae2"], seeds=[0], device="cpu", progress=False, log=logged.append)
+    first = json.loads(out.read_text())
+    assert [(r["model"], r["seed"]) for r in first["records"]] == [("vae", 0), ("vae2", 0)]
+    record = first["records"][0]
+    for key in ("protocol", "command", "code_version", "hardware", "device", "train_seconds", "eval_seconds",
+                "test_elbo", "test_ll", "ll_per_image", "gap", "active_units", "latent_units", "kl_layers", "steps"):
+        assert record[key] is not None, key
+    assert len(record["ll_per_image"]) == SMALL.n_ll and record["device"] == "cpu"
+    assert first["records"][1]["latent_units"] == [100, 50] and len(first["records"][1]["kl_layers"]) == 2
+    # a second call with more seeds keeps the finished records and adds the rest
+    results = run_protocol(SMALL, out, models=["vae", "vae2"], seeds=[0, 1], device="cpu", progress=False, log=logged.append)
+    assert [r["finished"] for r in results["records"][:2]] == [r["finished"] for r in first["records"]]
+    assert len(results["records"]) == 4 and "vae seed 0: already in" in " ".join(logged)
+    table = summarise(results)
+    assert [s.model for s in table] == ["vae", "vae2"] and table[0].diff_vae is None and table[1].diff_vae is not None
+    with pytest.raises(ValueError, match="other protocol settings"):
+        run_protocol(Protocol("small", epochs=2, seeds=(0,)), out, models=["vae"], device="cpu", log=logged.append)
+
+
+def test_paired_difference_and_its_standard_error():
+    a = [[1.0, 2.0, 4.0], [2.0, 3.0, 3.0]]
+    b = [[0.0, 1.0, 1.0], [1.0, 1.0, 2.0]]
+    d = torch.tensor(a) - torch.tensor(b)  # per seed means 5/3, 4/3; per image means 1, 1.5, 2
+    mean, se = paired_difference(a, b)
+    assert mean == pytest.approx(d.mean().item())
+    expected = d.mean(1).var().item() / 2 + d.mean(0).var().item() / 3
+    assert se == pytest.approx(math.sqrt(expected))
+    with pytest.raises(ValueError, match="same seeds"):
+        paired_difference(a, b[:1])
+
+
+# ------------------------------------------------------------------- the CLI
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "nope"], "invalid choice: 'nope'"),
+        (["train", "vae", "--epochs", "0"], "expected a positive integer, got 0"),
+        (["train", "vae", "--epochs", "2", "--minutes", "3"], "not allowed with argument"),
+        (["train", "vae", "--minutes", "-1"], "expected a positive number"),
+        (["results"], "the following arguments are required: --protocol"),
+        (["results", "--protocol", "gpu"], "invalid choice: 'gpu'"),
+        (["evaluate", "a.pt", "--k", "0"], "expected a positive integer, got 0"),
+    ],
+)
+def test_bad_arguments_get_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_errors_that_argparse_cannot_see_are_clear(tmp_path, capsys):
+    assert main(["train", "vae", "--resume", "--out", str(tmp_path / "none")]) == 1
+    assert "nothing to resume in" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "missing.pt")]) == 1
+    assert "evaluate takes the checkpoint of a `vaetut train` run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sub", ["train", "evaluate", "results"])
+def test_help_of_every_subcommand(sub):
+    done = subprocess.run([sys.executable, "-m", "vaetut", sub, "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and f"usage: vaetut {sub}" in done.stdout
+
+
+def test_train_then_evaluate_from_the_command_line(tmp_path, capsys, monkeypatch):
+    import vaetut.cli as cli
+
+    monkeypatch.setitem(cli.PROTOCOLS, "cpu", Protocol("cpu", epochs=1, seeds=(0,), batch_size=100, n_train=300))
+    real_load = cli.load_mnist
+    monkeypatch.setattr(cli, "load_mnist", lambda split, **kw: real_load(split, **{**kw, "limit": 300}))
+    out = tmp_path / "run"
+    assert main(["train", "vae", "--epochs", "2", "--out", str(out), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("epoch ") == 2 and (out / "checkpoint.pt").exists()
+    run = json.loads((out / "run.json").read_text())
+    assert run["model"] == "vae" and run["config"]["epochs"] == 2
+    assert main(["train", "vae", "--epochs", "3", "--out", str(out)]) == 1  # a run is there: --resume or another --out
+    assert main(["evaluate", str(out), "--k", "5", "--n-test", "20", "--n-elbo", "50", "--device", "cpu"]) == 0
+    assert "log p(x)" in capsys.readouterr().out and (out / "eval-k5-n20.json").exists()
