@@ -8,8 +8,12 @@ import pytest
 import torch
 from torch.distributions import Independent, Normal, kl_divergence
 
+from vaetut.distributions import log_bernoulli, log_normal
 from vaetut.ladder_vae import LadderVAE, LadderVAEConfig, precision_weighted
 from vaetut.vae import VAE
+
+# (inference, skip): every way to build the model
+VARIANTS = [("ladder", False), ("ladder", True), ("bottom_up", False), ("bottom_up", True)]
 
 
 def binary_images(b: int, seed: int = 0, shape=(1, 28, 28)) -> torch.Tensor:
@@ -97,16 +101,21 @@ def test_posterior_is_precision_weighted_and_kl_layers_match_torch():
     assert (terms.kl_layers > 0).all()
 
 
-def test_log_weights_mean_equals_elbo_up_to_monte_carlo_error():
-    # E_q[log w] = E_q[log p(x|z_1)] - sum_i E[KL_i]: the sampled-KL bound (log_weights)
-    # and the analytic-KL ELBO agree in expectation. Batch norm in eval mode, with
-    # running statistics that are not the identity.
-    model = small(latent_dims=(6, 5, 4), hidden=(32, 24, 16), batch_norm=True)
+@pytest.mark.parametrize("inference, skip", VARIANTS)
+def test_log_weights_mean_equals_elbo_up_to_monte_carlo_error(inference, skip):
+    # E_q[log w] = E_q[log p(x|z)] - sum_i E[KL_i]: the sampled-KL bound (log_weights)
+    # and the ELBO with analytic (or, under bottom-up inference, partly sampled) KL terms
+    # agree in expectation. Batch norm in eval mode, with running statistics that are
+    # not the identity. 8x8 images keep log p(x|z) small beside the KL terms.
+    shape = (1, 8, 8)
+    model = small(
+        image_shape=shape, latent_dims=(6, 5, 4), hidden=(32, 24, 16), batch_norm=True, inference=inference, skip=skip
+    )
     with torch.no_grad():
         for s in range(5):
-            model.elbo(binary_images(64, seed=10 + s))  # train mode: update running stats
+            model.elbo(binary_images(64, seed=10 + s, shape=shape))  # train mode: update running stats
     model.eval()
-    x = binary_images(3, seed=1)
+    x = binary_images(3, seed=1, shape=shape)
     n = 4000
     torch.manual_seed(0)
     with torch.no_grad():
@@ -140,14 +149,20 @@ def test_batch_norm_eval_mode_makes_examples_independent():
 # ------------------------------------------------------------ shapes and sampling
 @pytest.mark.parametrize("latent_dims", [(5,), (6, 4), (8, 7, 6, 5, 4)])
 @pytest.mark.parametrize("batch_norm", [False, True])
-def test_shapes_for_one_two_and_five_layers(latent_dims, batch_norm):
+@pytest.mark.parametrize("inference, skip", VARIANTS)
+def test_shapes_for_one_two_and_five_layers(latent_dims, batch_norm, inference, skip):
     L = len(latent_dims)
-    model = small(latent_dims=latent_dims, hidden=tuple(range(24, 24 - 2 * L, -2)), batch_norm=batch_norm)
+    # one deterministic layer below odd layers, two below even ones
+    hidden = tuple(w if i % 2 == 0 else (w, w + 4) for i, w in enumerate(range(24, 24 - 2 * L, -2)))
+    model = small(latent_dims=latent_dims, hidden=hidden, batch_norm=batch_norm, inference=inference, skip=skip)
     x = binary_images(4)
     terms = model.elbo(x)
     for t in (terms.elbo, terms.log_px_z, terms.kl):
         assert t.shape == (4,) and torch.isfinite(t).all()
-    assert terms.kl_layers.shape == (4, L) and (terms.kl_layers >= 0).all()
+    assert terms.kl_layers.shape == (4, L) and torch.isfinite(terms.kl_layers).all()
+    # analytic KLs are >= 0: every layer under ladder inference, the top one under bottom-up
+    analytic = terms.kl_layers if inference == "ladder" else terms.kl_layers[:, -1]
+    assert (analytic >= 0).all()
     assert model.log_weights(x, 3).shape == (3, 4)
     means = model.posterior_means(x, k=5)
     assert [m.shape for m in means] == [(4, d) for d in latent_dims]
@@ -287,3 +302,128 @@ def test_bad_inputs_raise_clear_errors():
         model.sample_layers(3, free=3)
     with pytest.raises(ValueError, match="one noise tensor per layer"):
         model.generate([torch.randn(3, 6)])
+
+
+# ------------------------------------------------------------ log_weights against the exact likelihood
+# A model small enough to integrate: 4x4 images, z_1 in R^2, z_2 in R^1. With
+# s ~ N(0, I_3), z_2 = s_2 and z_1 = mu_p(z_2) + std_p(z_2) * s_1 (s_1 in R^2),
+#   p(x) = E_s[p(x | z_1, z_2)],
+# a smooth 3-D Gaussian expectation that Gauss-Hermite quadrature computes to
+# about 1e-4 nats with 64 nodes per axis (each test checks that 48 nodes agree).
+TINY = dict(image_shape=(1, 4, 4), latent_dims=(2, 1), hidden=((8, 8), 6), activation="tanh")
+
+
+def gauss_hermite(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nodes and weights of E_{s ~ N(0, 1)}[f(s)] ~ sum_j w_j f(s_j), exact for polynomials of
+    degree < 2n (Golub-Welsch: the eigenvalues of the probabilists' Hermite Jacobi matrix)."""
+    off = torch.arange(1, n, dtype=torch.float64).sqrt()
+    nodes, vectors = torch.linalg.eigh(torch.diag(off, 1) + torch.diag(off, -1))
+    return nodes, vectors[0] ** 2
+
+
+def test_gauss_hermite_moments():
+    s, w = gauss_hermite(12)
+    moments = [(w * s**j).sum().item() for j in range(9)]
+    # E[s^j] of the standard normal: 1, 0, 1, 0, 3, 0, 15, 0, 105
+    assert moments == pytest.approx([1, 0, 1, 0, 3, 0, 15, 0, 105], abs=1e-9)
+
+
+@torch.no_grad()
+def log_px_by_quadrature(model: LadderVAE, x: torch.Tensor, n: int = 64) -> torch.Tensor:
+    """log p(x) of a TINY model through its generative networks only (prior, decode), ``[B]``."""
+    s, w = gauss_hermite(n)
+    mu_p, var_p = model.prior(1, s[:, None])  # p(z_1 | z_2 = s_j): [n, 2]
+    s1 = torch.cartesian_prod(s, s)  # [n*n, 2]
+    log_w = w.log()[:, None] + torch.cartesian_prod(w, w).log().sum(-1)[None, :]  # [n, n*n]
+    z1 = mu_p[:, None, :] + var_p.sqrt()[:, None, :] * s1  # [n, n*n, 2]
+    z2 = s[:, None, None].expand(n, n * n, 1)
+    logits = model.decode(z1, [z2])  # [n, n*n, 1, 4, 4]
+    log_px_z = torch.stack([log_bernoulli(xb[None], logits) for xb in x])  # [B, n, n*n]
+    return torch.logsumexp(log_px_z + log_w, dim=(1, 2))
+
+
+def tiny_model(inference: str, skip: bool, x: torch.Tensor) -> LadderVAE:
+    """A TINY model (float64) with a fixed generative model and q fitted to its posterior at x.
+
+    The generative networks are drawn from one seed (so the variants with the same
+    ``skip`` share one generative model) and scaled so that z_2 moves z_1 and both
+    move the pixels; then only the inference networks are trained (100 Adam steps on
+    the ELBO of x), so that q is a good importance sampler for the posterior, which
+    differs from the prior enough for every term of log w to matter (the mutations
+    in the test below show it).
+    """
+    torch.manual_seed(0)
+    model = LadderVAE(**TINY, inference=inference, skip=skip).double()
+    generative = [model.down, model.down_heads, model.decoder, model.skips]
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for net in generative:
+            for layer in net.modules():
+                if isinstance(layer, torch.nn.Linear):
+                    layer.reset_parameters()
+        model.down_heads[0].to_mu.weight.mul_(5)
+        model.down_heads[0].to_var.weight.mul_(0.3)
+        model.down_heads[0].to_var.bias.fill_(math.log(math.expm1(2.0)))  # var_p near 2
+        model.decoder[-1].weight.mul_(4)
+        for skip_map in model.skips:
+            skip_map.weight.mul_(3)
+    for p in (p for net in generative for p in net.parameters()):
+        p.requires_grad_(False)
+    optimizer = torch.optim.Adam([*model.up.parameters(), *model.up_heads.parameters()], lr=0.05)
+    for _ in range(100):
+        optimizer.zero_grad()
+        (-model.elbo(x.repeat(16, 1, 1, 1)).elbo.mean()).backward()
+        optimizer.step()
+    return model.eval()
+
+
+def importance_error(log_w: torch.Tensor, log_px: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """log mean_k w - log p(x) per example, and its standard error (delta method), each ``[B]``."""
+    w = (log_w - log_px).exp()  # [k, B], mean 1 when E_q[w] = p(x)
+    return w.mean(0).log(), w.std(0) / w.mean(0) / math.sqrt(len(w))
+
+
+def estimates_log_px(log_w: torch.Tensor, log_px: torch.Tensor) -> bool:
+    """Does mean(exp(log_w)) match p(x) within 4 standard errors (+ 0.003 nats for the quadrature)?"""
+    error, se = importance_error(log_w, log_px)
+    return bool((error.abs() < 4 * se + 0.003).all())
+
+
+@pytest.mark.parametrize("inference, skip", VARIANTS)
+def test_log_weights_are_unbiased_for_the_exact_likelihood(inference, skip):
+    # E_q[w] = p(x) exactly, w = exp(log_weights), for any q that covers the posterior:
+    # the importance estimate must match the quadrature value, for every inference.
+    x = binary_images(1, seed=2, shape=(1, 4, 4)).double()
+    model = tiny_model(inference, skip, x)
+    log_px = log_px_by_quadrature(model, x)
+    assert (log_px - log_px_by_quadrature(model, x, n=48)).abs().max() < 2e-3  # the reference has converged
+    k = 100_000
+    with torch.no_grad():
+        torch.manual_seed(1)
+        log_w = model.log_weights(x, k)  # [k, 1]
+        torch.manual_seed(1)
+        z1, z2 = model.posterior(x, k)  # the same samples, layer by layer
+        logits = model.decode(z1.z, [z2.z])
+    assert estimates_log_px(log_w, log_px), importance_error(log_w, log_px)
+
+    # log w is exactly log p(x | z) + log p(z_1 | z_2) + log p(z_2) - log q(z_1, z_2 | x)
+    log_px_z = log_bernoulli(x, logits)
+    terms = {
+        "log p(z_1 | z_2)": log_normal(z1.z, z1.mu_p, z1.log_var_p),
+        "log p(z_2)": Normal(0.0, 1.0).log_prob(z2.z).sum(-1),
+        "log q(z_1 | .)": -log_normal(z1.z, z1.mu, z1.log_var),
+        "log q(z_2 | .)": -log_normal(z2.z, z2.mu, z2.log_var),
+    }
+    torch.testing.assert_close(log_w, log_px_z + sum(terms.values()))
+
+    # The check has power: a log_weights with a term dropped or wrong fails it.
+    broken = {f"without {name}": log_w - term for name, term in terms.items()}
+    broken["log p(z_1 | z_2) with q's parameters"] = (
+        log_w - terms["log p(z_1 | z_2)"] + log_normal(z1.z, z1.mu, z1.log_var)
+    )
+    broken["decoder at another sample"] = log_w - log_px_z + log_bernoulli(x, logits.roll(1, 0))
+    if skip:
+        no_skip = model.decode(z1.z, [torch.zeros_like(z2.z)])  # the decoder without z_2's direct path
+        broken["decoder without the skip connection"] = log_w - log_px_z + log_bernoulli(x, no_skip)
+    for name, log_w_broken in broken.items():
+        assert not estimates_log_px(log_w_broken, log_px), (name, importance_error(log_w_broken, log_px))
