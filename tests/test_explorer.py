@@ -193,6 +193,19 @@ def test_sliders_are_ordered_by_kl_and_reset_to_rounded_means(tmp_path):
     assert ex.decode_array(data["references"]["images"]).shape == (3, 784)
 
 
+def test_explorers_leave_the_random_state_alone(tmp_path):
+    """A chapter's later cells must draw the same random numbers with or without its explorer cell."""
+    models_ = models()
+    x = torch.rand(2, 1, 28, 28)
+    torch.manual_seed(5)
+    before = torch.random.get_rng_state()
+    ex.planar_flow_explorer([1.0, 0.0], [0.5, 0.5], 0.0)
+    ex.latent_plane_explorer(models_["chapter_2d"], torch.zeros(3, 2), name="rng_plane", out_dir=tmp_path)
+    ex.latent_sliders_explorer(models_["tanh"], x, name="rng_sliders", out_dir=tmp_path)
+    ex.decoder_from_export(ex.load_export(tmp_path / "rng_plane.js"))
+    assert torch.equal(torch.random.get_rng_state(), before)
+
+
 def test_fallback_images_are_png(tmp_path):
     for e in explorers(tmp_path):
         png = re.search(r'<img src="data:image/png;base64,([^"]+)"', e.html)

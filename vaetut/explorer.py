@@ -382,7 +382,8 @@ def decoder_from_export(data: dict) -> nn.Sequential:
     for layer in spec["layers"]:
         t = layer["type"]
         if t == "linear":
-            lin = nn.Linear(layer["in"], layer["out"])
+            with torch.random.fork_rng(devices=[]):  # the init is overwritten: leave the caller's RNG alone
+                lin = nn.Linear(layer["in"], layer["out"])
             n = layer["in"] * layer["out"] + layer["out"]  # W then b
             values = w[off:off + n]
             off += n
@@ -646,7 +647,8 @@ def planar_flow_explorer(
         raise ValueError(f"u and w must hold 2 numbers each, got {tuple(u_.shape)} and {tuple(w_.shape)}")
     if (grid - 1) % 20:
         raise ValueError(f"grid - 1 must be divisible by 20, got grid={grid}")
-    layer = PlanarFlow(2).double()
+    with torch.random.fork_rng(devices=[]):  # PlanarFlow's random init must not move the chapter's RNG
+        layer = PlanarFlow(2).double()
     layer.u.copy_(u_), layer.w.copy_(w_), layer.b.copy_(b_)
     flow = FlowStack([layer])
 

@@ -46,7 +46,7 @@ class PageLog:
     external: list[str] = field(default_factory=list)
 
 
-def open_page(browser, url: str):
+def open_page(browser, url: str, wait_for_explorers: bool = True):
     """A fresh page at ``url`` with its console errors, page errors and outside requests recorded
     (outside requests are also aborted)."""
     context = browser.new_context(viewport={"width": 1280, "height": 1000})
@@ -57,10 +57,23 @@ def open_page(browser, url: str):
     page.on("pageerror", lambda e: log.page_errors.append(str(e)))
     page.on("request", lambda r: None if r.url.startswith(("file:", "data:", "blob:")) else log.external.append(r.url))
     page.goto(url)
-    page.wait_for_function(
-        "() => [...document.querySelectorAll('[data-vaetut-explorer]')].every(e => e.dataset.vaetutState)", timeout=20_000
-    )
+    if wait_for_explorers:
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('[data-vaetut-explorer]')].every(e => e.dataset.vaetutState)",
+            timeout=20_000,
+        )
+    else:
+        page.wait_for_load_state("load")
+        page.wait_for_timeout(500)
     return page, log
+
+
+def baseline_errors(browser, html_file: Path) -> PageLog:
+    """The errors of a page without explorers (the same theme, scripts and loading): what every
+    page of that book shows, which the explorer checks do not blame on the explorers."""
+    page, log = open_page(browser, html_file.resolve().as_uri(), wait_for_explorers=False)
+    page.context.close()
+    return log
 
 
 def canvas_hash(page, selector: str) -> int:
@@ -97,8 +110,9 @@ def explorer_nodes(page) -> list:
     return page.query_selector_all("[data-vaetut-explorer]")
 
 
-def check_mounted(page, log: PageLog) -> list:
-    """Every explorer on the page started, with no error and no outside request; returns the nodes."""
+def check_mounted(page, log: PageLog, known: PageLog | None = None) -> list:
+    """Every explorer on the page started, with no error and no outside request (beyond the
+    ``known`` ones of every page of the book); returns the nodes."""
     nodes = explorer_nodes(page)
     assert nodes, "no explorer on this page"
     for node in nodes:
@@ -106,10 +120,19 @@ def check_mounted(page, log: PageLog) -> list:
         message = node.eval_on_selector_all(".vx-error", "es => es.map(e => e.textContent).join(' ')")
         assert state == "ready", f"explorer {node.get_attribute('data-vaetut-explorer')} did not start: {message}"
         assert node.eval_on_selector(".vx-fallback", "f => f.hidden"), "the still image should give way to the widget"
-    assert not log.page_errors, log.page_errors
-    assert not log.console_errors, log.console_errors
-    assert not log.external, f"requests outside the book's files: {log.external}"
+    new_errors(log, known)
     return nodes
+
+
+def new_errors(log: PageLog, known: PageLog | None) -> None:
+    """Fail on any page error, console error or outside request not in ``known``."""
+    known = known or PageLog()
+    page_errors = [e for e in log.page_errors if e not in known.page_errors]
+    console = [e for e in log.console_errors if e not in known.console_errors]
+    external = [u for u in log.external if u not in known.external]
+    assert not page_errors, f"page errors: {page_errors}"
+    assert not console, f"console errors: {console}"
+    assert not external, f"requests outside the book's files: {external}"
 
 
 def data_of(node, html_file: Path) -> dict:
@@ -126,6 +149,7 @@ def check_latent_plane(page, node, html_file: Path) -> None:
     plane, decoded = ".vx-plane", ".vx-decoded"
     before = canvas_hash(node, decoded)
     # the pointer: hover near a corner of the plane
+    node.query_selector(plane).scroll_into_view_if_needed()
     box = node.query_selector(plane).bounding_box()
     page.mouse.move(box["x"] + 0.85 * box["width"], box["y"] + 0.2 * box["height"])
     z_pointer = node.evaluate("n => n.vaetutExplorer.getCode()")
@@ -205,17 +229,21 @@ def check_planar_flow(page, node, html_file: Path) -> None:
 CHECKS = {"latent-plane": check_latent_plane, "latent-sliders": check_latent_sliders, "planar-flow": check_planar_flow}
 
 
-def check_page(browser, html_file: Path, expect_kinds: list[str] | None = None) -> list[str]:
-    """Open ``html_file`` from disk and run every check on its explorers; returns their kinds."""
+def check_page(browser, html_file: Path, expect_kinds: list[str] | None = None, known: PageLog | None = None) -> list[str]:
+    """Open ``html_file`` from disk and run every check on its explorers; returns their kinds.
+
+    ``known``: errors that a page of the same book without explorers shows too (see
+    :func:`baseline_errors`); any other error or outside request fails the check.
+    """
     page, log = open_page(browser, html_file.resolve().as_uri())
     try:
-        nodes = check_mounted(page, log)
+        nodes = check_mounted(page, log, known)
         kinds = [n.get_attribute("data-vaetut-explorer") for n in nodes]
         if expect_kinds is not None:
             assert kinds == expect_kinds
         for node, kind in zip(nodes, kinds):
             CHECKS[kind](page, node, html_file)
-        assert not log.console_errors and not log.page_errors and not log.external, log
+        new_errors(log, known)  # the interactions raised nothing either
         return kinds
     finally:
         page.context.close()

@@ -216,8 +216,9 @@ const CSS = `
 .vx { margin: 0.5em 0 1em; font-size: 0.9em; }
 .vx-row { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
 .vx canvas { image-rendering: pixelated; border: 1px solid #8884; max-width: 100%; }
+.vx canvas.vx-density { image-rendering: auto; }
 .vx canvas:focus { outline: 3px solid #1f77b4; outline-offset: 2px; }
-.vx-side { display: flex; flex-direction: column; gap: 0.4em; min-width: 12em; }
+.vx-side { display: flex; flex-direction: column; align-items: flex-start; gap: 0.4em; flex: 1 1 240px; min-width: 240px; }
 .vx-readout { font-family: monospace; margin: 0; }
 .vx-help { margin: 0; opacity: 0.8; max-width: 28em; }
 .vx-sliders { display: grid; grid-template-columns: max-content 12em 3.5em; gap: 0.15em 0.6em; align-items: center; }
@@ -312,6 +313,14 @@ export function mountLatentPlane(root, data, opts = {}) {
   for (let t = Math.ceil(-lim); t <= lim; t++) {
     b.beginPath(); b.moveTo(toPx(t), 0); b.lineTo(toPx(t), size); b.moveTo(0, size - toPx(t)); b.lineTo(size, size - toPx(t)); b.stroke();
   }
+  b.fillStyle = "#777";
+  b.font = "10px sans-serif";
+  for (let t = Math.ceil(-lim); t <= lim; t++) {
+    if (t !== Math.ceil(-lim)) b.fillText(String(t), toPx(t) + 2, size - 3); // z1 along the bottom
+    b.fillText(String(t), 2, size - toPx(t) - 2); // z2 up the left side
+  }
+  b.fillText("z1 →", size - 30, size - 14);
+  b.fillText("z2 ↑", 14, 12);
   b.globalAlpha = 0.6;
   for (let i = 0; i < codes.length / 2; i++) {
     b.fillStyle = labels ? TAB10[labels[i] % 10] : "#1f77b4";
@@ -487,7 +496,7 @@ export function mountPlanarFlow(root, data, opts = {}) {
       rgba.set([c[0], c[1], c[2], 255], 4 * k);
     }
     small.getContext("2d").putImageData(new ImageData(rgba, n, n), 0, 0);
-    ctx.imageSmoothingEnabled = false;
+    ctx.imageSmoothingEnabled = true; // a density: smooth between grid points
     ctx.drawImage(small, 0, 0, size, size);
     const uHat = planarUHat(p.u, p.w);
     for (const [key, i, name] of names) {
