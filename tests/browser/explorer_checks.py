@@ -46,16 +46,19 @@ class PageLog:
     external: list[str] = field(default_factory=list)
 
 
-def open_page(browser, url: str, wait_for_explorers: bool = True):
+def open_page(browser, url: str, wait_for_explorers: bool = True, site: str | None = None):
     """A fresh page at ``url`` with its console errors, page errors and outside requests recorded
-    (outside requests are also aborted)."""
+    (outside requests are also aborted). ``site``: the URL prefix of a web server that serves the
+    book (its requests are the book's own); by default only file: URLs are."""
     context = browser.new_context(viewport={"width": 1280, "height": 1000})
     log = PageLog()
-    context.route(re.compile(r"^(https?|wss?|ftp)://"), lambda route: route.abort())
+    own = ("file:", "data:", "blob:") + ((site,) if site else ())
+    outside = re.compile(r"^(https?|wss?|ftp)://")
+    context.route(lambda u: bool(outside.match(u)) and not u.startswith(own), lambda route: route.abort())
     page = context.new_page()
     page.on("console", lambda m: log.console_errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: log.page_errors.append(str(e)))
-    page.on("request", lambda r: None if r.url.startswith(("file:", "data:", "blob:")) else log.external.append(r.url))
+    page.on("request", lambda r: None if r.url.startswith(own) else log.external.append(r.url))
     page.goto(url)
     if wait_for_explorers:
         page.wait_for_function(
@@ -68,10 +71,10 @@ def open_page(browser, url: str, wait_for_explorers: bool = True):
     return page, log
 
 
-def baseline_errors(browser, html_file: Path) -> PageLog:
+def baseline_errors(browser, html_file: Path, url: str | None = None, site: str | None = None) -> PageLog:
     """The errors of a page without explorers (the same theme, scripts and loading): what every
     page of that book shows, which the explorer checks do not blame on the explorers."""
-    page, log = open_page(browser, html_file.resolve().as_uri(), wait_for_explorers=False)
+    page, log = open_page(browser, url or html_file.resolve().as_uri(), wait_for_explorers=False, site=site)
     page.context.close()
     return log
 
@@ -229,13 +232,21 @@ def check_planar_flow(page, node, html_file: Path) -> None:
 CHECKS = {"latent-plane": check_latent_plane, "latent-sliders": check_latent_sliders, "planar-flow": check_planar_flow}
 
 
-def check_page(browser, html_file: Path, expect_kinds: list[str] | None = None, known: PageLog | None = None) -> list[str]:
-    """Open ``html_file`` from disk and run every check on its explorers; returns their kinds.
+def check_page(
+    browser,
+    html_file: Path,
+    expect_kinds: list[str] | None = None,
+    known: PageLog | None = None,
+    url: str | None = None,
+    site: str | None = None,
+) -> list[str]:
+    """Open ``html_file`` from disk (or at ``url`` from a web server at ``site``) and run every
+    check on its explorers; returns their kinds.
 
     ``known``: errors that a page of the same book without explorers shows too (see
     :func:`baseline_errors`); any other error or outside request fails the check.
     """
-    page, log = open_page(browser, html_file.resolve().as_uri())
+    page, log = open_page(browser, url or html_file.resolve().as_uri(), site=site)
     try:
         nodes = check_mounted(page, log, known)
         kinds = [n.get_attribute("data-vaetut-explorer") for n in nodes]

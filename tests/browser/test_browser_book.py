@@ -1,4 +1,5 @@
-"""The explorers on the built book's own pages, opened from disk as a reader (and browse-book) does.
+"""The explorers on the built book's own pages, opened from disk as a reader (and browse-book)
+does, and from a local web server.
 
 Runs after the book build (./run.sh test). Which pages must have which explorers is read from
 the chapter sources: a chapter that calls ``latent_plane_explorer(...)`` must show a working
@@ -7,8 +8,11 @@ latent plane. ``VAETUT_BOOK_HTML`` points at another built book (default ``_buil
 
 from __future__ import annotations
 
+import functools
+import http.server
 import os
 import re
+import threading
 import warnings
 from pathlib import Path
 
@@ -50,6 +54,25 @@ def known_errors(browser):
     return log
 
 
+@pytest.fixture(scope="module")
+def server():
+    """The built book served over HTTP on 127.0.0.1 (as a reader's web server would)."""
+    if not HTML.exists():
+        pytest.skip(f"no built book at {HTML}: run ./run.sh book first")
+    handler = functools.partial(QuietHandler, directory=str(HTML))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
 def test_the_chapters_place_explorers():
     assert {"gaussian_vae", "beta_vae", "normalizing_flows"} <= set(EXPECTED), EXPECTED
 
@@ -65,3 +88,13 @@ def test_built_page(browser, known_errors, chapter):
             f"book/{chapter}.ipynb predate it; re-run the chapter in full mode (./run.sh chapters book/{chapter}.md)"
         )
     assert check_page(browser, page, known=known_errors) == EXPECTED[chapter]
+
+
+@pytest.mark.parametrize("chapter", sorted(EXPECTED))
+def test_built_page_over_http(browser, server, chapter):
+    page = HTML / "book" / f"{chapter}.html"
+    if "data-vaetut-explorer" not in page.read_text():
+        pytest.fail(f"book/{chapter}.md places an explorer but the built page has none: re-run the chapter in full mode")
+    known = baseline_errors(browser, HTML / "book" / "intro.html", url=server + "book/intro.html", site=server)
+    url = server + f"book/{chapter}.html"
+    assert check_page(browser, page, known=known, url=url, site=server) == EXPECTED[chapter]
