@@ -6,9 +6,10 @@ import math
 
 import pytest
 import torch
+from torch import nn
 from torch.distributions import Independent, Normal, kl_divergence
 
-from vaetut.distributions import log_bernoulli, log_normal
+from vaetut.distributions import log_bernoulli, log_normal, reparameterize
 from vaetut.ladder_vae import LadderVAE, LadderVAEConfig, precision_weighted
 from vaetut.vae import VAE
 
@@ -234,8 +235,9 @@ def test_one_layer_ladder_vae_is_the_vae():
 
 
 # ------------------------------------------------------------ gradients
-def test_gradients_reach_every_network_and_match_finite_differences():
-    model = small(latent_dims=(5, 4, 3), hidden=(20, 16, 12)).double()
+@pytest.mark.parametrize("inference, skip", [("ladder", False), ("bottom_up", True)])
+def test_gradients_reach_every_network_and_match_finite_differences(inference, skip):
+    model = small(latent_dims=(5, 4, 3), hidden=(20, (16, 14), 12), inference=inference, skip=skip).double()
     x = binary_images(4).double()
 
     def loss() -> torch.Tensor:
@@ -277,6 +279,17 @@ def test_gradients_reach_every_network_and_match_finite_differences():
         (dict(latent_dims=(4.0,), hidden=(16,)), "each entry of latent_dims must be a positive integer"),
         (dict(image_shape=(28, 28)), "image_shape"),
         (dict(min_var=-1.0), "min_var"),
+        (dict(min_var=float("nan")), "min_var"),
+        (dict(latent_dims=(4, 2), hidden=((16, 8),)), "one deterministic width per stochastic layer"),
+        (dict(latent_dims=(4, 2), hidden=((16, 8), ())), r"hidden\[1\] is empty"),
+        (dict(latent_dims=(4, 2), hidden=((16, 0), 8)), r"each width in hidden\[0\] must be a positive integer"),
+        (dict(latent_dims=(4, 2), hidden=(16, 8.0)), "each entry of hidden must be a positive integer"),
+        (dict(latent_dims=(4, 2), hidden=(16, "8")), "each entry of hidden must be a positive integer"),
+        (dict(inference="top_down"), r"inference must be one of \('ladder', 'bottom_up'\)"),
+        (dict(activation="gelu"), "activation must be one of"),
+        (dict(variance="abs"), "variance must be one of"),
+        (dict(skip="yes"), "skip must be True or False"),
+        (dict(batch_norm=1), "batch_norm must be True or False"),
     ],
 )
 def test_bad_configs_raise_clear_errors(kw, match):
@@ -302,6 +315,13 @@ def test_bad_inputs_raise_clear_errors():
         model.sample_layers(3, free=3)
     with pytest.raises(ValueError, match="one noise tensor per layer"):
         model.generate([torch.randn(3, 6)])
+    # each inference's own passes refuse the other inference
+    with pytest.raises(ValueError, match="posterior_step belongs to inference='bottom_up'"):
+        model.posterior_step(1, binary_images(2))
+    with pytest.raises(ValueError, match=r"bottom_up\(x\), the deterministic pass, belongs to inference='ladder'"):
+        small(inference="bottom_up").bottom_up(binary_images(2))
+    with pytest.raises(ValueError, match=r"shape \[B, 1, 28, 28\]"):
+        small(inference="bottom_up").elbo(torch.rand(4, 784))
 
 
 # ------------------------------------------------------------ log_weights against the exact likelihood
@@ -427,3 +447,156 @@ def test_log_weights_are_unbiased_for_the_exact_likelihood(inference, skip):
         broken["decoder without the skip connection"] = log_w - log_px_z + log_bernoulli(x, no_skip)
     for name, log_w_broken in broken.items():
         assert not estimates_log_px(log_w_broken, log_px), (name, importance_error(log_w_broken, log_px))
+
+
+# ------------------------------------------------------------ bottom-up inference
+def test_bottom_up_q2_sees_x_only_through_z1():
+    # d mu_2 / dx must equal (d mu_2 / d z_1)(d z_1 / dx): no path from x to q(z_2 | .)
+    # other than the sample z_1. Under ladder inference q(z_1 | z_2, x) reads x directly,
+    # so the same identity fails there (the check has power).
+    x = binary_images(3, shape=(1, 8, 8)).requires_grad_()
+
+    def through_sample_only(model, upper, lower) -> bool:
+        torch.manual_seed(4)
+        layers = model.posterior(x)
+        out = layers[upper].mu.sum() + layers[upper].log_var.sum()
+        total = torch.autograd.grad(out, x, retain_graph=True)[0]
+        via_z = torch.autograd.grad(out, layers[lower].z, retain_graph=True)[0]
+        chain = torch.autograd.grad(layers[lower].z, x, grad_outputs=via_z)[0]
+        assert chain.abs().sum() > 0
+        return torch.allclose(total, chain, rtol=1e-5, atol=1e-7)
+
+    kw = dict(image_shape=(1, 8, 8), latent_dims=(5, 4, 3), hidden=((24, 20), 16, 12))
+    bottom_up = small(inference="bottom_up", **kw)
+    assert through_sample_only(bottom_up, upper=1, lower=0)  # q(z_2 | z_1)
+    assert through_sample_only(bottom_up, upper=2, lower=1)  # q(z_3 | z_2)
+    assert not through_sample_only(small(inference="ladder", **kw), upper=0, lower=1)  # q(z_1 | z_2, x)
+
+
+def test_bottom_up_kl_layers_hold_what_the_docstring_says():
+    model = small(image_shape=(1, 8, 8), latent_dims=(5, 4, 3), hidden=(24, (16, 16), 12), inference="bottom_up")
+    x = binary_images(6, shape=(1, 8, 8))
+    torch.manual_seed(7)
+    terms = model.elbo(x)
+    torch.manual_seed(7)
+    layers = model.posterior(x)  # the same samples as inside elbo
+    torch.testing.assert_close(terms.kl, terms.kl_layers.sum(-1))
+    torch.testing.assert_close(terms.elbo, terms.log_px_z - terms.kl)
+    # the posterior factors, recomputed from the samples below: z_0 = x
+    below = [x] + [layer.z for layer in layers[:-1]]
+    q = []
+    for i, layer in enumerate(layers, start=1):
+        mu, var = model.posterior_step(i, below[i - 1])
+        torch.testing.assert_close(layer.mu, mu)
+        torch.testing.assert_close(layer.log_var, var.log())
+        q.append(Independent(Normal(mu, var.sqrt()), 1))
+    # top layer: the analytic KL(q(z_3 | z_2) || N(0, I)) at the sampled z_2
+    standard = Independent(Normal(torch.zeros_like(layers[-1].z), torch.ones_like(layers[-1].z)), 1)
+    torch.testing.assert_close(terms.kl_layers[:, -1], kl_divergence(q[-1], standard))
+    # lower layers: log q(z_i | z_{i-1}) - log p(z_i | z_{i+1}) at the drawn samples
+    for i in (1, 2):
+        mu_p, var_p = model.prior(i, layers[i].z)
+        p = Independent(Normal(mu_p, var_p.sqrt()), 1)
+        z = layers[i - 1].z
+        torch.testing.assert_close(terms.kl_layers[:, i - 1], q[i - 1].log_prob(z) - p.log_prob(z))
+    # which are one-sample estimates: some are negative, unlike a KL
+    many = model.elbo(x.repeat(50, 1, 1, 1)).kl_layers
+    assert (many[:, :2] < 0).any() and (many[:, -1] >= 0).all()
+
+
+def test_bottom_up_posterior_means_are_exact_at_the_bottom():
+    model = small(image_shape=(1, 8, 8), latent_dims=(5, 3), hidden=(24, 12), inference="bottom_up").eval()
+    x = binary_images(4, shape=(1, 8, 8))
+    means = model.posterior_means(x, k=7)
+    assert [m.shape for m in means] == [(4, 5), (4, 3)]
+    torch.testing.assert_close(means[0], model.posterior_step(1, x)[0])
+    # the top layer's is a Monte Carlo average of mu_2(z_1) over z_1 ~ q(z_1 | x)
+    torch.manual_seed(2)
+    layers = model.posterior(x, 7)
+    torch.manual_seed(2)
+    torch.testing.assert_close(model.posterior_means(x, k=7)[1], model.posterior_step(2, layers[0].z)[0].mean(0))
+
+
+def test_one_layer_bottom_up_and_ladder_inference_are_the_same_model():
+    x = binary_images(5)
+    ladder, bottom_up = small(latent_dims=(7,), hidden=(40,)), small(latent_dims=(7,), hidden=(40,), inference="bottom_up")
+    for a, b in zip(ladder.parameters(), bottom_up.parameters()):
+        torch.testing.assert_close(a, b)
+    torch.manual_seed(1)
+    lw = ladder.log_weights(x, 6)
+    torch.manual_seed(1)
+    torch.testing.assert_close(lw, bottom_up.log_weights(x, 6))
+    torch.manual_seed(2)
+    terms = ladder.elbo(x)
+    torch.manual_seed(2)
+    torch.testing.assert_close(terms, bottom_up.elbo(x))
+
+
+# ------------------------------------------------------------ skip connections
+@pytest.mark.parametrize("inference", ["ladder", "bottom_up"])
+def test_skip_connections_let_every_layer_reach_the_decoder(inference):
+    kw = dict(image_shape=(1, 8, 8), latent_dims=(5, 4, 3), hidden=(24, 16, 12), inference=inference)
+    z = [torch.randn(6, d, requires_grad=True) for d in kw["latent_dims"]]
+    for skip in (False, True):
+        model = small(skip=skip, **kw)
+        logits = model.decode(z[0], z[1:])  # z_1 held fixed, z_2 and z_3 free
+        grads = torch.autograd.grad(logits.sum(), z, allow_unused=True)
+        assert grads[0].abs().sum() > 0
+        for g in grads[1:]:
+            if skip:
+                assert g is not None and (g.abs().sum(-1) > 0).all()
+            else:
+                assert g is None  # without skips the logits are a function of z_1 alone
+    # each skip map is one linear map without bias into the decoder's first hidden layer:
+    # the logits are those of the decoder with W_1 z_1 + b replaced by W_1 z_1 + b + sum_i W_i z_i
+    model = small(skip=True, **kw)
+    first = model.decoder[0][0]
+    h = first(z[0]) + sum(s(zi) for s, zi in zip(model.skips, z[1:]))
+    by_hand = model.decoder[1](model.decoder[0][1:](h)).view(6, 1, 8, 8)
+    torch.testing.assert_close(model.decode(z[0], z[1:]), by_hand)
+    assert all(s.bias is None for s in model.skips) and [s.in_features for s in model.skips] == [4, 3]
+    # sampling reads every layer too
+    eps = [torch.randn(6, d) for d in kw["latent_dims"]]
+    z2 = reparameterize(*_prior_params(model, 2, eps[2]), eps[1])
+    z1 = reparameterize(*_prior_params(model, 1, z2), eps[0])
+    torch.testing.assert_close(model.generate(eps), torch.sigmoid(model.decode(z1, [z2, eps[2]])))
+
+
+def _prior_params(model, i, z_above):
+    mu_p, var_p = model.prior(i, z_above)
+    return mu_p, var_p.log()
+
+
+def test_skip_with_missing_layers_raises():
+    model = small(latent_dims=(5, 4, 3), hidden=(24, 16, 12), skip=True)
+    with pytest.raises(ValueError, match="needs 2 tensors in z_above"):
+        model.decode(torch.randn(2, 5))
+
+
+# ------------------------------------------------------------ Burda et al.'s architecture
+def test_burda_two_layer_architecture():
+    # Burda et al. (2016), Appendix C: q(h1|x) 784-200-200-(100 mu, 100 var),
+    # q(h2|h1) 100-100-100-(50, 50), p(h1|h2) 50-100-100-(100, 100), p(x|h1) 100-200-200-784;
+    # tanh after every deterministic layer, exp for the variances.
+    model = LadderVAE(
+        latent_dims=(100, 50), hidden=((200, 200), (100, 100)), activation="tanh", inference="bottom_up", variance="exp"
+    )
+    linear = lambda net: [(m.in_features, m.out_features) for m in net.modules() if isinstance(m, nn.Linear)]  # noqa: E731
+    assert linear(model.up[0]) + linear(model.up_heads[0]) == [(784, 200), (200, 200), (200, 100), (200, 100)]
+    assert linear(model.up[1]) + linear(model.up_heads[1]) == [(100, 100), (100, 100), (100, 50), (100, 50)]
+    assert linear(model.down[0]) + linear(model.down_heads[0]) == [(50, 100), (100, 100), (100, 100), (100, 100)]
+    assert linear(model.decoder) == [(100, 200), (200, 200), (200, 784)]
+    assert len(model.skips) == 0
+    sizes = [(784, 200), (200, 200), (200, 100), (200, 100), (100, 100), (100, 100), (100, 50), (100, 50),
+             (50, 100), (100, 100), (100, 100), (100, 100), (100, 200), (200, 200), (200, 784)]  # fmt: skip
+    n_params = sum((a + 1) * b for a, b in sizes)
+    assert n_params == 521_084 == sum(p.numel() for p in model.parameters())
+    activations = [type(m) for m in model.modules() if not isinstance(m, (nn.Linear, nn.Sequential, nn.ModuleList))]
+    assert set(activations) - {LadderVAE, type(model.up_heads[0])} == {nn.Tanh}
+    assert sum(a is nn.Tanh for a in activations) == 8  # two per network: q1, q2, p1, p(x)
+    # the variance heads: var = exp(Linear(h)) + min_var
+    h = torch.randn(3, 200)
+    head = model.up_heads[0]
+    torch.testing.assert_close(head(h)[1], head.to_var(h).exp() + model.config.min_var)
+    x = binary_images(2)
+    assert model.log_weights(x, 4).shape == (4, 2) and torch.isfinite(model.elbo(x).elbo).all()
