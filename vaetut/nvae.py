@@ -2,14 +2,15 @@
 and spectral regularisation, sized for a CPU.
 
 Paper: Vahdat & Kautz (2020), "NVAE: A Deep Hierarchical Variational Autoencoder"
-(NeurIPS 2020). This module implements §3 (the hierarchical model with a shared
-top-down path, Fig. 2; the residual cells with Swish activations and
-squeeze-and-excitation, Fig. 3), §3.2 ("Residual Normal distributions", eq. 2 for
-the posterior and the closed-form KL of eq. 3; spectral regularisation) and
-Appendix A (KL balancing coefficients during the KL warm-up). Taught in the book
-chapter "NVAE". Not implemented: the normalizing flows of §3.2, the depthwise
-separable decoder cells, weight normalisation and the mixture-of-logistics decoder
-(MNIST uses a Bernoulli decoder, as in the paper's MNIST experiment).
+(NeurIPS 2020), arXiv:2007.03898. This module implements §3 (the hierarchical
+model with a top-down path shared by the prior and the posterior, over a
+bottom-up tower), §3.1 (residual cells with Swish activations and
+squeeze-and-excitation), §3.2 (residual Normal distributions and their KL;
+spectral regularisation) and Appendix A (KL balancing during the KL warm-up).
+Taught in the book chapter "NVAE". Not implemented: the normalizing flows of
+§3.2, the depthwise-separable decoder cells, weight normalisation and the
+mixture-of-logistics decoder (MNIST uses a Bernoulli decoder, as in the paper's
+MNIST experiment).
 
 **The model.** L latent groups z_1 (top, coarsest) ... z_L (finest), each a map
 ``[latent_channels, r, r]`` at one of the resolutions r (7x7 then 14x14 for 28x28
@@ -26,7 +27,7 @@ that top-down network: q(z_l | x, z_<l) reads h_l (what the generative model
 already knows) combined with the feature of a deterministic *bottom-up* residual
 tower over x at the same resolution.
 
-**Residual Normal posterior** (§3.2, eq. 2). With ``residual_posterior=True`` the
+**Residual Normal posterior** (§3.2). With ``residual_posterior=True`` the
 posterior of each group is parameterised *relative to its prior*::
 
     q(z_l | x, z_<l) = N(mu_p + dmu, (sigma_p * dsigma)^2)
@@ -36,14 +37,14 @@ is, per unit, with ``mu_q = mu_p + dmu`` and ``sigma_q = sigma_p dsigma``::
 
     KL = log(sigma_p / sigma_q) + (sigma_q^2 + (mu_q - mu_p)^2) / (2 sigma_p^2) - 1/2
        = -log dsigma + (sigma_p^2 dsigma^2 + dmu^2) / (2 sigma_p^2) - 1/2
-       = 1/2 [ dmu^2 / sigma_p^2 + dsigma^2 - 1 - log dsigma^2 ]           (eq. 3)
+       = 1/2 [ dmu^2 / sigma_p^2 + dsigma^2 - 1 - log dsigma^2 ]
 
 summed over the group's units (:func:`residual_kl`). It does not depend on mu_p,
 and depends on sigma_p only through dmu / sigma_p: when the prior moves, the
 posterior moves with it and the KL stays put, which is what makes the
 relative parameterisation easier to optimise. For the top group p(z_1) = N(0, I)
 and both parameterisations coincide. ``residual_posterior=False`` predicts
-``N(mu_q, sigma_q^2)`` directly (the ablation of Table 5 in the paper), whose KL
+``N(mu_q, sigma_q^2)`` directly (the paper's ablation of this choice), whose KL
 is the general Gaussian formula (:func:`~vaetut.distributions.kl_normal`).
 
 **KL balancing** (Appendix A). During the KL warm-up (KL weight w < 1) the
@@ -264,7 +265,7 @@ class Group(NamedTuple):
 def residual_kl(delta_mu: Tensor, delta_log_var: Tensor, log_var_p: Tensor) -> Tensor:
     """KL( N(mu_p + dmu, (sigma_p dsigma)^2) || N(mu_p, sigma_p^2) ), summed over the last dimension.
 
-    The closed form of NVAE's eq. 3 (derived in the module docstring)::
+    The closed form of NVAE §3.2 (derived in the module docstring)::
 
         KL = 1/2 sum [ dmu^2 / sigma_p^2 + dsigma^2 - 1 - log dsigma^2 ]
 
@@ -366,7 +367,8 @@ class SqueezeExcite(nn.Module):
 
 
 class ResidualCell(nn.Module):
-    """NVAE's residual cell (Fig. 3a, without its optional batch norm when ``batch_norm=False``)::
+    """NVAE's residual cell of the bottom-up tower (§3.1), used here in both directions;
+    the batch norms only with ``batch_norm=True``::
 
         h + 0.1 * SE(conv3x3(swish(BN(conv3x3(swish(BN(h)))))))
 
@@ -510,9 +512,10 @@ class NVAE(nn.Module):
         """The deterministic bottom-up tower: one feature map per group, top group first.
 
         The tower runs from the finest scale to the coarsest, one stack of cells
-        per group; group 1 reads ``enc_top`` of its last state and group l > 1 the
-        state after the cells of the (L - l + 1)-th group counted from the bottom, so
-        the states are read in reverse, as in NVAE. Returns ``[B, channels[s], r_s, r_s]`` for each group's scale s.
+        per group; group 1 reads ``enc_top`` of its last state and group l > 1
+        the state after the cells of the (L - l + 1)-th group counted from the
+        bottom, so the states are read in reverse, as in NVAE. Returns
+        ``[B, channels[s], r_s, r_s]`` for each group's scale s.
         """
         self.check_input(x)
         S = len(self.config.resolutions)
@@ -543,14 +546,15 @@ class NVAE(nn.Module):
         if feature is None:
             return mu_p, log_var_p, mu_p, log_var_p, None
         f = feature if l == 0 else feature + self.enc_combine[l - 1](h)
-        a, b = self.post_heads[l](f).chunk(2, dim=1)
-        b = soft_clamp(b, LOG_VAR_BOUND)
+        head_mu, head_log_var = self.post_heads[l](f).chunk(2, dim=1)
+        head_log_var = soft_clamp(head_log_var, LOG_VAR_BOUND)
         if self.config.residual_posterior:
+            delta_mu, delta_log_var = head_mu, head_log_var  # $\Delta\mu$, $\log\Delta\sigma^2$
             # $q(z_l|x,z_{<l}) = N(\mu_p + \Delta\mu, \sigma_p^2 \Delta\sigma^2)$
-            mu, log_var = mu_p + a, log_var_p + b
-            kl = residual_kl(a.flatten(1), b.flatten(1), log_var_p.flatten(1))  # [N]
+            mu, log_var = mu_p + delta_mu, log_var_p + delta_log_var
+            kl = residual_kl(delta_mu.flatten(1), delta_log_var.flatten(1), log_var_p.flatten(1))  # [N]
         else:
-            mu, log_var = a, b
+            mu, log_var = head_mu, head_log_var
             kl = kl_normal(mu.flatten(1), log_var.flatten(1), mu_p.flatten(1), log_var_p.flatten(1))  # [N]
         return mu, log_var, mu_p, log_var_p, kl
 
