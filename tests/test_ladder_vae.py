@@ -322,6 +322,10 @@ def test_bad_inputs_raise_clear_errors():
         small(inference="bottom_up").bottom_up(binary_images(2))
     with pytest.raises(ValueError, match=r"shape \[B, 1, 28, 28\]"):
         small(inference="bottom_up").elbo(torch.rand(4, 784))
+    with pytest.raises(ValueError, match=r"prior takes a layer i in 1\.\.1"):
+        model.prior(2, torch.randn(3, 4))
+    with pytest.raises(ValueError, match=r"posterior_step takes a layer i in 1\.\.2"):
+        small(inference="bottom_up").posterior_step(3, torch.randn(3, 4))
 
 
 # ------------------------------------------------------------ log_weights against the exact likelihood
@@ -519,7 +523,8 @@ def test_bottom_up_posterior_means_are_exact_at_the_bottom():
 
 def test_one_layer_bottom_up_and_ladder_inference_are_the_same_model():
     x = binary_images(5)
-    ladder, bottom_up = small(latent_dims=(7,), hidden=(40,)), small(latent_dims=(7,), hidden=(40,), inference="bottom_up")
+    ladder = small(latent_dims=(7,), hidden=(40,))
+    bottom_up = small(latent_dims=(7,), hidden=(40,), inference="bottom_up")
     for a, b in zip(ladder.parameters(), bottom_up.parameters()):
         torch.testing.assert_close(a, b)
     torch.manual_seed(1)
@@ -581,7 +586,10 @@ def test_burda_two_layer_architecture():
     model = LadderVAE(
         latent_dims=(100, 50), hidden=((200, 200), (100, 100)), activation="tanh", inference="bottom_up", variance="exp"
     )
-    linear = lambda net: [(m.in_features, m.out_features) for m in net.modules() if isinstance(m, nn.Linear)]  # noqa: E731
+
+    def linear(net: nn.Module) -> list[tuple[int, int]]:
+        return [(m.in_features, m.out_features) for m in net.modules() if isinstance(m, nn.Linear)]
+
     assert linear(model.up[0]) + linear(model.up_heads[0]) == [(784, 200), (200, 200), (200, 100), (200, 100)]
     assert linear(model.up[1]) + linear(model.up_heads[1]) == [(100, 100), (100, 100), (100, 50), (100, 50)]
     assert linear(model.down[0]) + linear(model.down_heads[0]) == [(50, 100), (100, 100), (100, 100), (100, 100)]

@@ -4,6 +4,11 @@ Paper: Mittas, *Variational Autoencoders*, §4 (with the slip in the posterior
 variance corrected, see ``reference/ERRATA.md`` §4); Sønderby et al. (2016),
 "Ladder Variational Autoencoders", eq. (1)–(3) for the generative model and
 eq. (16)–(19) for the inference model. Taught in the book chapter "Ladder VAE".
+The options beyond the Ladder VAE: bottom-up inference and the networks of
+Burda et al. (2016), "Importance Weighted Autoencoders", §5.1 and Appendix C;
+skip connections from every latent layer to the decoder as in BIVA (Maaløe et
+al. 2019, "BIVA: A Very Deep Hierarchy of Latent Variables for Generative
+Modeling").
 
 The generative model is a chain of Gaussians from a standard normal top layer
 down to the pixels (layers are numbered 1 = bottom, next to x, ... L = top)::
@@ -12,7 +17,8 @@ down to the pixels (layers are numbered 1 = bottom, next to x, ... L = top)::
     p(z_i | z_{i+1}) = N(mu_{p,i}(z_{i+1}), diag var_{p,i}(z_{i+1}))     i = L-1 .. 1
     p(x | z_1) = Bernoulli(sigmoid(logits(z_1)))
 
-Inference runs in two passes. The *bottom-up* pass is deterministic:
+Ladder inference (``inference="ladder"``, the default) runs in two passes. The
+*bottom-up* pass is deterministic:
 ``d_0 = x``, ``d_i = MLP(d_{i-1})`` and from each ``d_i`` a Gaussian estimate
 ``mu_hat_i = Linear(d_i)``, ``var_hat_i = softplus(Linear(d_i))``. The *top-down*
 pass samples ``z_L ~ q(z_L | x) = N(mu_hat_L, var_hat_L)`` and then, going down,
@@ -32,7 +38,7 @@ the model is the one-layer VAE of :mod:`vaetut.vae` (whose encoder predicts
 
 **Bottom-up inference** (``inference="bottom_up"``). The same generative model
 with the inference model of the classic hierarchical VAE that the Ladder VAE is
-compared with (Sønderby et al. 2016, §2 and Figure 1a; Burda et al. 2016, §5)::
+compared with (Sønderby et al. 2016, Figure 1a; Burda et al. 2016, §5.1)::
 
     q(z | x) = q(z_1 | x) q(z_2 | z_1) ... q(z_L | z_{L-1})
     q(z_1 | x) = N(mu_{q,1}(x), diag var_{q,1}(x))
@@ -49,18 +55,22 @@ three times, mirrored on the generative side: below z_i on the way up
 reversed(hidden[0]) -> logits``). So ``LadderVAE(latent_dims=(100, 50),
 hidden=((200, 200), (100, 100)), activation="tanh", inference="bottom_up",
 variance="exp")`` is the two-stochastic-layer network of Burda et al. (2016),
-§5 and Appendix C: q is 784-200-200-100 then 100-100-100-50, p is 50-100-100-100
-then 100-200-200-784, every deterministic unit tanh, the variances through exp
-(``variance="softplus"``, the default, gives the same layer sizes).
+§5.1 and Appendix C: q is 784-200-200-100 then 100-100-100-50, p is 50-100-100-100
+then 100-200-200-784, every deterministic unit tanh, each Gaussian's mean a linear
+map and its variance exp of another (§5.1: "an exp nonlinearity was applied to
+the predicted variances"; ``variance="softplus"``, the default, gives the same
+layer sizes and parameter count, 521,084).
 
 **Skip connections** (``skip=True``). As in the skip-connected generative model
 of BIVA (Maaløe et al. 2019), every latent layer reaches the pixels directly,
 p(x | z_1, ..., z_L): each z_i (i >= 2) is mapped by a linear map without bias
 into the decoder's first hidden layer and added to the map of z_1, which is one
 linear map of the concatenation [z_1, ..., z_L]. The prior chain is unchanged
-(BIVA's other parts, its bidirectional inference and the skip paths inside the
-prior, are not reproduced). Works with either inference; with L = 1 it changes
-nothing.
+(BIVA's other parts, its bidirectional inference and the deterministic paths
+between its generative layers, are not reproduced). Works with either inference;
+with L = 1 it changes nothing. With bottom-up inference note what q cannot see:
+the exact posterior p(z_2 | z_1, x) now depends on x directly (z_2 reaches the
+pixels), but q(z_2 | z_1) reads x only through z_1.
 
 Batch normalisation (optional, as in Sønderby et al.) is applied after every
 hidden linear layer. **Modes:** every method runs in the module's current mode.
@@ -135,7 +145,8 @@ class LadderVAEConfig:
             (BIVA's skip-connected generative model, Maaløe et al. 2019).
         variance: how every Gaussian head makes its variance from a linear
             output a: ``"softplus"`` (softplus(a), Sønderby et al.) or ``"exp"``
-            (exp(a), Burda et al.); ``min_var`` is added to either.
+            (exp(a), Burda et al.; it overflows for large a, softplus does not);
+            ``min_var`` is added to either.
         batch_norm: batch normalisation after every hidden linear layer.
         min_var: added to every variance, so log-variances stay finite.
     """
@@ -162,10 +173,12 @@ class LadderVAEConfig:
         if not isinstance(self.hidden, (tuple, list)) or len(self.hidden) != len(self.latent_dims):
             raise ValueError(
                 f"hidden must give one deterministic width per stochastic layer (an int, or a tuple of widths "
-                f"for several layers): latent_dims={self.latent_dims!r} has {len(self.latent_dims)} layers but hidden={self.hidden!r}"
+                f"for several layers): latent_dims={self.latent_dims!r} has {len(self.latent_dims)} layers "
+                f"but hidden={self.hidden!r}"
             )
         # counts may come as NumPy integers: store them as Python ints
-        object.__setattr__(self, "latent_dims", tuple(check_count(s, "each entry of latent_dims") for s in self.latent_dims))
+        dims = tuple(check_count(s, "each entry of latent_dims") for s in self.latent_dims)
+        object.__setattr__(self, "latent_dims", dims)
         object.__setattr__(self, "hidden", tuple(_check_widths(h, i) for i, h in enumerate(self.hidden)))
         for name, options in (("activation", tuple(ACTIVATIONS)), ("inference", INFERENCES), ("variance", VARIANCES)):
             if getattr(self, name) not in options:
@@ -173,8 +186,13 @@ class LadderVAEConfig:
         for name in ("skip", "batch_norm"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        if isinstance(self.min_var, bool) or not isinstance(self.min_var, (int, float)) or not 0 <= self.min_var < math.inf:
+        try:
+            min_var = float(self.min_var)
+        except (TypeError, ValueError):
+            min_var = math.nan
+        if isinstance(self.min_var, bool) or not 0 <= min_var < math.inf:
             raise ValueError(f"min_var must be a finite number >= 0, got {self.min_var!r}")
+        object.__setattr__(self, "min_var", min_var)
 
     @property
     def layers(self) -> int:
@@ -279,7 +297,7 @@ def _mlp(n_in: int, widths: Sequence[int], activation: str, batch_norm: bool) ->
 
 class GaussianHead(nn.Module):
     """Two linear maps from features to a diagonal Gaussian: ``mu`` and
-    ``var = softplus(.) + min_var`` (or ``exp(.) + min_var``). ``[N, F]`` -> ``([N, D], [N, D])``."""
+    ``var = softplus(.) + min_var`` (or ``exp(.) + min_var``). ``[..., F]`` -> ``([..., D], [..., D])``."""
 
     def __init__(self, n_in: int, n_out: int, min_var: float, variance: str = "softplus"):
         super().__init__()
@@ -369,6 +387,12 @@ class LadderVAE(nn.Module):
                 f"inference={self.config.inference!r}; posterior(x) works for both"
             )
 
+    def _check_layer(self, i: int, top: int, method: str) -> None:
+        """ValueError unless ``i`` is a layer in 1..L-1+top (``top = 1`` admits the top layer L)."""
+        last = self.layers - 1 + top
+        if check_count(i, f"{method}'s layer i") > last:
+            raise ValueError(f"{method} takes a layer i in 1..{last} (1 = bottom), got {i}")
+
     def bottom_up(self, x: Tensor) -> list[tuple[Tensor, Tensor]]:
         """Ladder inference's deterministic pass: ``(mu_hat_i, var_hat_i)`` for i = 1..L, each ``[B, D_i]``."""
         self._require("ladder", "bottom_up(x), the deterministic pass,")
@@ -386,6 +410,7 @@ class LadderVAE(nn.Module):
         (``below = x``, ``[B, C, H, W]`` -> ``[B, D_1]``) or q(z_i | z_{i-1}) for i in 2..L
         (``below = z_{i-1}``, ``[..., D_{i-1}]`` -> ``[..., D_i]``)."""
         self._require("bottom_up", "posterior_step")
+        self._check_layer(i, 1, "posterior_step")
         if i == 1:
             self.check_input(below)
             below = below.flatten(1)  # [B, C*H*W]
@@ -395,6 +420,7 @@ class LadderVAE(nn.Module):
 
     def prior(self, i: int, z_above: Tensor) -> tuple[Tensor, Tensor]:
         """p(z_i | z_{i+1}) for layer ``i`` in 1..L-1: ``(mu_p, var_p)``, ``[..., D_{i+1}]`` -> ``[..., D_i]``."""
+        self._check_layer(i, 0, "prior")
         h = _flat_apply(self.down[i - 1], z_above)  # [..., hidden[i][0]]
         return self.down_heads[i - 1](h)  # [..., D_i] each
 
