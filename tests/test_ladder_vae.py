@@ -538,6 +538,12 @@ def test_one_layer_bottom_up_and_ladder_inference_are_the_same_model():
 
 
 # ------------------------------------------------------------ skip connections
+def _prior_params(model: LadderVAE, i: int, z_above: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mu_p, log_var_p)`` of p(z_i | z_{i+1})."""
+    mu_p, var_p = model.prior(i, z_above)
+    return mu_p, var_p.log()
+
+
 @pytest.mark.parametrize("inference", ["ladder", "bottom_up"])
 def test_skip_connections_let_every_layer_reach_the_decoder(inference):
     kw = dict(image_shape=(1, 8, 8), latent_dims=(5, 4, 3), hidden=(24, 16, 12), inference=inference)
@@ -565,11 +571,6 @@ def test_skip_connections_let_every_layer_reach_the_decoder(inference):
     z2 = reparameterize(*_prior_params(model, 2, eps[2]), eps[1])
     z1 = reparameterize(*_prior_params(model, 1, z2), eps[0])
     torch.testing.assert_close(model.generate(eps), torch.sigmoid(model.decode(z1, [z2, eps[2]])))
-
-
-def _prior_params(model, i, z_above):
-    mu_p, var_p = model.prior(i, z_above)
-    return mu_p, var_p.log()
 
 
 def test_skip_with_missing_layers_raises():

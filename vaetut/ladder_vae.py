@@ -458,10 +458,11 @@ class LadderVAE(nn.Module):
     def posterior(self, x: Tensor, k: int | None = None, *, mean: bool = False) -> list[Layer]:
         """Sample every layer's posterior: one :class:`Layer` per stochastic layer, bottom first.
 
-        Ladder inference runs the deterministic bottom-up pass once and then samples
-        top-down, z_L first; bottom-up inference samples z_1 first and each layer
-        given the one below. Either way the priors p(z_i | z_{i+1}) are evaluated at
-        the sampled z_{i+1}.
+        Ladder inference (below) runs the deterministic bottom-up pass once and then
+        samples top-down, z_L first (Sønderby et al. 2016, eq. 16–19); bottom-up
+        inference (:meth:`_bottom_up_posterior`) samples z_1 first and each layer given
+        the one below. Either way the priors p(z_i | z_{i+1}) are evaluated at the
+        sampled z_{i+1}.
 
         Args:
             x: ``[B, C, H, W]`` in [0, 1].
@@ -476,12 +477,8 @@ class LadderVAE(nn.Module):
         if k is not None:
             k = check_count(k, "k")
         lead = () if k is None else (k,)
-        if self.config.inference == "ladder":
-            return self._ladder_posterior(x, lead, mean)
-        return self._bottom_up_posterior(x, lead, mean)
-
-    def _ladder_posterior(self, x: Tensor, lead: tuple[int, ...], mean: bool) -> list[Layer]:
-        """Ladder inference (Sønderby et al. 2016, eq. 16–19): fields ``[*lead, B, D_i]``."""
+        if self.config.inference == "bottom_up":
+            return self._bottom_up_posterior(x, lead, mean)
         estimates = self.bottom_up(x)
         layers: list[Layer] = []
         z = None
