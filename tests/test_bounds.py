@@ -1,11 +1,16 @@
-"""log_likelihood and iwae_bound: bounds that order correctly and an exact case."""
+"""log_likelihood and iwae_bound: bounds that order correctly, exact cases, and the
+estimator's organisation (chunks, batches, inference mode) changing no result."""
 
 import math
 
 import pytest
 import torch
+from torch.distributions import Bernoulli, Independent, Normal
 
 from vaetut import VAE, iwae_bound, log_likelihood
+from vaetut.flow_vae import FlowVAE
+from vaetut.ladder_vae import LadderVAE
+from vaetut.linear_gaussian import LinearGaussian
 
 
 class ExactPosteriorModel:
@@ -82,3 +87,175 @@ def test_bad_k_is_rejected(k):
         log_likelihood(ExactPosteriorModel(True), torch.randn(2, 1), k=k)
     with pytest.raises(ValueError, match="positive integer"):
         iwae_bound(ExactPosteriorModel(True), torch.randn(2, 1), k=k)
+
+
+# ------------------------------------------- the estimator is the old formula
+
+
+class Replay:
+    """Serves a fixed table of log-weights ``[k, N]`` in order, whatever the chunks and batches.
+
+    The examples are told apart by their value: ``x[i] = i``.
+    """
+
+    def __init__(self, table):
+        self.table, self.used = table, [0] * table.shape[1]
+
+    def log_weights(self, x, k):
+        rows = []
+        for i in x.reshape(len(x)).long().tolist():
+            rows.append(self.table[self.used[i] : self.used[i] + k, i])
+            self.used[i] += k
+        return torch.stack(rows, dim=1)  # [k, B]
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 7, 64, 1000])
+@pytest.mark.parametrize("batch_size", [1, 4, 10])
+def test_equals_logsumexp_of_the_same_log_weights_for_any_chunk_and_batch(chunk, batch_size):
+    """With the noise fixed (a replayed table) every chunk and batch size gives the same
+    number, logsumexp(log w) - log k, also for weights far from 0 and of wide range."""
+    g = torch.Generator().manual_seed(0)
+    k, n = 64, 10
+    table = -1000 + 30 * torch.randn(k, n, generator=g, dtype=torch.float64)  # [k, N]
+    x = torch.arange(n, dtype=torch.float64).view(n, 1)
+    model = Replay(table)
+    est = log_likelihood(model, x, k=k, chunk=chunk, batch_size=batch_size)
+    assert model.used == [k] * n  # every weight used once
+    torch.testing.assert_close(est, torch.logsumexp(table, 0) - math.log(k), rtol=0, atol=1e-9)
+
+
+class Recorder:
+    """Wraps a model and keeps every ``[c, B]`` block of log-weights it returns."""
+
+    def __init__(self, model):
+        self.model, self.blocks = model, []
+
+    def parameters(self):
+        return self.model.parameters() if hasattr(self.model, "parameters") else iter(())
+
+    def log_weights(self, x, k):
+        lw = self.model.log_weights(x, k)  # [k, B]
+        self.blocks.append(lw.clone())
+        return lw
+
+
+def _small_models():
+    torch.manual_seed(0)
+    lg = LinearGaussian.random(6, 3, s=0.7, generator=torch.Generator().manual_seed(0), dtype=torch.float32)
+    return {
+        "vae": (VAE(latent_dim=3, hidden=(16,)), (1, 28, 28)),
+        "vae-tanh-2-layers": (VAE(latent_dim=3, hidden=(16, 8), activation="tanh"), (1, 28, 28)),
+        "conv vae": (VAE(arch="conv", image_shape=(1, 8, 8), channels=(4, 8), latent_dim=2), (1, 8, 8)),
+        "gaussian vae": (VAE(latent_dim=2, hidden=(16,), likelihood="gaussian", sigma="learned"), (1, 28, 28)),
+        "ladder vae": (LadderVAE(latent_dims=(4, 2), hidden=(16, 8)), (1, 28, 28)),
+        "planar flow vae": (FlowVAE(flow="planar", steps=2, latent_dim=2, hidden=(16,)), (1, 28, 28)),
+        "iaf vae": (FlowVAE(flow="iaf", steps=2, latent_dim=2, hidden=(16,), iaf_hidden=(8,)), (1, 28, 28)),
+        "linear gaussian with q": (lg.with_q(lg.posterior), (6,)),
+    }
+
+
+@pytest.mark.parametrize("name", list(_small_models()))
+def test_every_model_goes_through_the_generic_path(name):
+    """log_likelihood of any model with log_weights is logsumexp of the weights it drew, minus log k."""
+    model, shape = _small_models()[name]
+    if hasattr(model, "eval"):
+        model.eval()
+    torch.manual_seed(1)
+    x = torch.bernoulli(torch.full((5, *shape), 0.3))
+    rec = Recorder(model)
+    est = log_likelihood(rec, x, k=23, chunk=5, batch_size=5)
+    assert est.shape == (5,) and est.dtype == x.dtype and torch.isfinite(est).all()
+    assert [b.shape[0] for b in rec.blocks] == [5, 5, 5, 5, 3]
+    lw = torch.cat(rec.blocks).double()  # [23, 5]
+    torch.testing.assert_close(est, (torch.logsumexp(lw, 0) - math.log(23)).to(x.dtype))
+
+
+def test_vae_log_weights_are_the_textbook_formula():
+    """log p(x|z) + log p(z) - log q(z|x) by torch.distributions, at the same noise."""
+    torch.manual_seed(0)
+    model = VAE(latent_dim=5, hidden=(32, 16), activation="tanh")
+    x = torch.bernoulli(torch.rand(4, 1, 28, 28))
+    torch.manual_seed(3)
+    lw = model.log_weights(x, 6)  # [6, 4]
+    with torch.no_grad():
+        mu, log_var = model.encode(x)
+        torch.manual_seed(3)
+        eps = torch.randn(6, *mu.shape)
+        std = torch.exp(0.5 * log_var)
+        z = mu + std * eps  # [6, 4, 5]
+        ref = (
+            Independent(Bernoulli(logits=model.decode(z)), 3).log_prob(x)
+            + Normal(0.0, 1.0).log_prob(z).sum(-1)
+            - Normal(mu, std).log_prob(z).sum(-1)
+        )
+    torch.testing.assert_close(lw.detach(), ref, rtol=1e-5, atol=1e-4)
+
+
+def _delta_se(lw):
+    """Monte Carlo standard error of logsumexp(lw) - log k, by the delta method, ``[B]``."""
+    w = torch.exp(lw - lw.max(0).values)  # [k, B]
+    return w.std(0) / (w.mean(0) * math.sqrt(len(w)))
+
+
+def test_chunk_and_batch_sizes_change_only_the_noise():
+    """With other random numbers the same estimate, within Monte Carlo error."""
+    torch.manual_seed(0)
+    model = VAE(latent_dim=3, hidden=(32,)).eval()
+    x = torch.bernoulli(torch.rand(6, 1, 28, 28))
+    k = 3000
+    torch.manual_seed(1)
+    a = log_likelihood(model, x, k=k, chunk=7, batch_size=4)
+    torch.manual_seed(2)
+    b = log_likelihood(model, x, k=k, batch_size=100, max_elements=2**25)  # the old default shapes
+    torch.manual_seed(3)
+    c = log_likelihood(model, x, k=k)
+    with torch.no_grad():
+        se = _delta_se(model.log_weights(x, k).double()).float()
+    assert (se > 0).all()
+    for other in (b, c):
+        assert ((a - other).abs() < 5 * math.sqrt(2) * se).all(), (a - other, se)
+
+
+@pytest.mark.parametrize("chunk, batch_size", [(None, 10), (333, 2), (4000, 5)])
+def test_agrees_with_the_exact_likelihood(chunk, batch_size):
+    """LinearGaussian has an exact log p(x); a q wider than the posterior has bounded weights."""
+    g = torch.Generator().manual_seed(0)
+    model = LinearGaussian.random(8, 3, s=0.6, generator=g)
+    x = model.sample(5, generator=g)
+    pair = model.with_q(lambda xb: (model.posterior(xb)[0] + 0.2, 2.0 * model.posterior(xb)[1]))
+    torch.manual_seed(0)
+    est = log_likelihood(pair, x, k=4000, chunk=chunk, batch_size=batch_size)
+    se = _delta_se(pair.log_weights(x, 4000))
+    exact = model.log_px(x)
+    assert ((est - exact).abs() < 5 * se).all(), (est - exact, se)
+    # and the ELBO, the k = 1 end, is clearly further away
+    assert ((exact - pair.elbo(x).elbo) > 10 * se).all()
+
+
+def test_default_chunks_keep_each_call_small_however_large_k():
+    calls = []
+
+    class Shapes:
+        def log_weights(self, x, k):
+            calls.append((k, len(x)))
+            return torch.zeros(k, len(x))
+
+    # images: a call holds chunk * batch * 784 <= max_elements (2**20) numbers
+    log_likelihood(Shapes(), torch.zeros(25, 1, 28, 28), k=1000)
+    assert max(c * b * 784 for c, b in calls) <= 2**20
+    assert sum(c for c, b in calls) == 3 * 1000  # three batches (10, 10, 5), every sample drawn once
+    # k of a million, tiny examples: still bounded, and all k drawn
+    calls.clear()
+    log_likelihood(Shapes(), torch.zeros(3, 1), k=10**6, max_elements=2**16)
+    assert max(c * b for c, b in calls) <= 2**16 and sum(c for c, _ in calls) == 10**6
+    # an example larger than the budget still gets one sample per call
+    calls.clear()
+    log_likelihood(Shapes(), torch.zeros(2, 1), k=5, max_elements=1)
+    assert calls == [(1, 2)] * 5
+
+
+def test_returns_an_ordinary_tensor():
+    """Computed under inference_mode, returned as a normal tensor the caller may modify."""
+    est = log_likelihood(ExactPosteriorModel(True), torch.randn(4, 1), k=8)
+    assert not est.is_inference() and not est.requires_grad
+    est += 1  # in-place ops on an inference tensor would raise
