@@ -36,7 +36,9 @@ def test_registry_architectures_are_the_literature_s():
     assert MODELS["iwae5"].k == 5 and MODELS["iwae50"].k == 50 and MODELS["iwae50"].objective == "iwae"
     vae2 = build("vae2")
     assert vae2.config.latent_dims == (100, 50) and vae2.config.inference == "bottom_up"
-    assert build("lvae").config.inference == "ladder"
+    assert sum(p.numel() for p in vae2.parameters()) == 521_084  # Burda et al.'s two-layer net
+    lvae = build("lvae")
+    assert lvae.config.inference == "ladder" and lvae.config.variance == vae2.config.variance == "exp"
 
 
 def test_protocols_are_as_documented():

@@ -66,6 +66,8 @@ __all__ = [
 ]
 
 BURDA_NET = dict(latent_dim=50, hidden=(200, 200), activation="tanh")
+# two stochastic layers; Burda et al. predict the variances through exp
+BURDA_NET2 = dict(latent_dims=(100, 50), hidden=((200, 200), (100, 100)), activation="tanh", variance="exp")
 
 
 # ------------------------------------------------------------------ models
@@ -109,8 +111,8 @@ MODELS: dict[str, ModelSpec] = {
         ),
         ModelSpec(
             "vae2",
-            "two stochastic layers (100, 50), bottom-up inference, 784-200-200-100-100-100-50, tanh (Burda et al.)",
-            lambda: LadderVAE(latent_dims=(100, 50), hidden=((200, 200), (100, 100)), activation="tanh", inference="bottom_up"),
+            "two stochastic layers (100, 50), bottom-up inference, 784-200-200-100-100-100-50, tanh, exp variances (Burda et al.)",
+            lambda: LadderVAE(inference="bottom_up", **BURDA_NET2),
             published=(-85.33, "Burda et al. 2016, Table 1: 2 stochastic layers, VAE k=1; same protocol"),
         ),
         ModelSpec(
@@ -132,7 +134,7 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec(
             "lvae",
             "the vae2 net with ladder (precision-weighted top-down) inference",
-            lambda: LadderVAE(latent_dims=(100, 50), hidden=((200, 200), (100, 100)), activation="tanh"),
+            lambda: LadderVAE(inference="ladder", **BURDA_NET2),
             published=(-81.74, "Sønderby et al. 2016: 5 stochastic layers, batch norm, warm-up, k=5000; a larger model"),
         ),
         ModelSpec(
