@@ -37,7 +37,9 @@ def small(**kw) -> NVAE:
 def tiny(seed: int = 0, **kw) -> NVAE:
     """4x4 images, a 1x1 group and a 2x2 group of one channel: 5 latent units, float64."""
     torch.manual_seed(seed)
-    settings = dict(image_shape=(1, 4, 4), resolutions=(1, 2), groups_per_scale=(1, 1), channels=(4, 4), latent_channels=1)
+    settings = dict(
+        image_shape=(1, 4, 4), resolutions=(1, 2), groups_per_scale=(1, 1), channels=(4, 4), latent_channels=1
+    )
     settings.update(kw)
     return NVAE(**settings).double()
 
@@ -63,7 +65,8 @@ def test_residual_kl_matches_torch_kl_divergence():
     moved = kl_divergence(Normal(mu_p + 7 + delta_mu, sigma_p * delta_sigma), Normal(mu_p + 7, sigma_p)).sum(-1)
     torch.testing.assert_close(kl, moved, rtol=1e-10, atol=1e-10)
     # zero when the posterior is the prior
-    torch.testing.assert_close(residual_kl(0 * delta_mu, 0 * delta_log_var, log_var_p), torch.zeros(5, dtype=torch.float64))
+    zero = residual_kl(0 * delta_mu, 0 * delta_log_var, log_var_p)
+    torch.testing.assert_close(zero, torch.zeros(5, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("residual", [True, False])
@@ -443,5 +446,10 @@ def test_bad_counts_and_numbers_are_refused():
         model.sample(0)
     with pytest.raises(ValueError, match="temperature must be a finite number >= 0"):
         model.sample(2, temperature=-1.0)
+    terms = model.elbo(x)
     with pytest.raises(ValueError, match="kl_weight must be a finite number >= 0"):
-        model.training_loss(model.elbo(x), -0.1)
+        model.training_loss(terms, -0.1)
+    with pytest.raises(ValueError, match="kl_weight must be a finite number >= 0"):
+        model.training_loss(terms, "0.5")
+    np = pytest.importorskip("numpy")  # NumPy scalars are numbers
+    torch.testing.assert_close(model.training_loss(terms, np.float32(0.5)), model.training_loss(terms, 0.5))

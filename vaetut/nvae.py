@@ -90,6 +90,7 @@ this file and ``distributions.py`` into one folder; then, from that folder::
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
@@ -208,7 +209,7 @@ class NVAEConfig:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         lam = self.spectral_reg
-        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not (0 <= lam < math.inf):
+        if isinstance(lam, bool) or not isinstance(lam, numbers.Real) or not (0 <= lam < math.inf):
             raise ValueError(f"spectral_reg must be a finite number >= 0 (0 turns it off), got {lam!r}")
         object.__setattr__(self, "spectral_reg", float(lam))
 
@@ -322,7 +323,8 @@ class SRConv2d(nn.Conv2d):
     """
 
     def __init__(self, c_in: int, c_out: int, kernel_size: int, stride: int = 1, padding: int | None = None):
-        super().__init__(c_in, c_out, kernel_size, stride=stride, padding=kernel_size // 2 if padding is None else padding)
+        padding = kernel_size // 2 if padding is None else padding
+        super().__init__(c_in, c_out, kernel_size, stride=stride, padding=padding)
         self.register_buffer("sn_u", F.normalize(torch.randn(c_out), dim=0))
         self.register_buffer("sn_v", F.normalize(torch.randn(c_in * kernel_size * kernel_size), dim=0))
         self.power_iteration(20)  # start near the top singular vectors of the initial weight
@@ -692,8 +694,9 @@ class NVAE(nn.Module):
             kl_weight: w >= 0, the warm-up's KL weight at this step.
         """
         w = kl_weight
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not (0 <= w < math.inf):
+        if isinstance(w, bool) or not isinstance(w, numbers.Real) or not (0 <= w < math.inf):
             raise ValueError(f"kl_weight must be a finite number >= 0, got {w!r}")
+        w = float(w)
         kl_groups = terms.kl_groups  # [B, L]
         if self.config.kl_balance and w < 1:
             gamma = kl_balance_coefficients(kl_groups, self.config.group_sizes)  # [L]
@@ -722,7 +725,7 @@ class NVAE(nn.Module):
         """
         n = check_count(n, "n")
         t = temperature
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not (0 <= t < math.inf):
+        if isinstance(t, bool) or not isinstance(t, numbers.Real) or not (0 <= t < math.inf):
             raise ValueError(f"temperature must be a finite number >= 0, got {t!r}")
         return self._top_down(n, None, temperature=float(t), generator=generator)
 
