@@ -44,7 +44,7 @@ and depends on sigma_p only through dmu / sigma_p: when the prior moves, the
 posterior moves with it and the KL stays put, which is what makes the
 relative parameterisation easier to optimise. For the top group p(z_1) = N(0, I)
 and both parameterisations coincide. ``residual_posterior=False`` predicts
-``N(mu_q, sigma_q^2)`` directly (the paper's ablation of this choice), whose KL
+``N(mu_q, sigma_q^2)`` directly (the book chapter's ablation), whose KL
 is the general Gaussian formula (:func:`~vaetut.distributions.kl_normal`).
 
 **KL balancing** (Appendix A). During the KL warm-up (KL weight w < 1) the
@@ -132,8 +132,9 @@ class NVAEConfig:
     The defaults (7x7 and 14x14 latents, 2 groups of 4 channels at each, 32 and 16
     channels, one residual cell per group) train on dynamically binarized MNIST at
     about a minute per epoch on a 2-core CPU, and keep the decoder cheap enough
-    for importance sampling with large k. The paper's MNIST model is far larger
-    (2 scales of 10 groups of 20 channels, 16+ channels, 400 epochs on GPUs).
+    for importance sampling with large k. The official repository's MNIST model is
+    far larger (2 scales of up to 10 groups of 20 latent channels, 16 channels at
+    the finest scale, several cells per scale, 400 epochs on GPUs).
 
     Attributes:
         image_shape: ``(C, H, W)`` of one input image, pixels in [0, 1]; H = W.
@@ -151,8 +152,8 @@ class NVAEConfig:
         residual_posterior: the residual Normal posterior of §3.2 (``True``) or a
             posterior predicted directly (``False``).
         kl_balance: balance the groups' KL terms during the KL warm-up (Appendix A).
-        spectral_reg: lambda of the spectral regulariser (0 = off). NVAE uses 1e-2
-            on MNIST (after annealing it down from larger values).
+        spectral_reg: lambda of the spectral regulariser (0 = off); the official
+            repository's MNIST command uses 1e-2.
         power_iterations: power-iteration steps per training-mode call of
             :meth:`NVAE.spectral_norms` (NVAE uses 4).
         batch_norm: batch normalisation in the residual cells (see the module
