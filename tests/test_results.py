@@ -47,6 +47,8 @@ def test_protocols_are_as_documented():
     assert published.epochs == sum(3**i for i in range(8)) == 3280
     assert published.batch_size == 20 and published.adam_eps == 1e-4 and published.lr_schedule == "burda"
     assert published.n_ll == 10_000
+    assert set(cpu.models) == set(MODELS) - {"nvae", "nvae-plain", "nvae-nobal", "nvae-nosr"}
+    assert PROTOCOLS["ablation"].models[:2] == ("vae", "lvae") and "nvae" in published.models
 
 
 def test_run_protocol_writes_complete_records_and_continues_after_an_interruption(tmp_path):
@@ -60,6 +62,8 @@ def test_run_protocol_writes_complete_records_and_continues_after_an_interruptio
                 "test_elbo", "test_ll", "ll_per_image", "gap", "active_units", "latent_units", "kl_layers", "steps"):
         assert record[key] is not None, key
     assert len(record["ll_per_image"]) == SMALL.n_ll and record["device"] == "cpu"
+    assert record["history"]["epochs"][0]["epoch"] == 1 and "kl" in record["history"]["terms"]
+    assert "kl_1" in first["records"][1]["history"]["terms"]  # the KL of each stochastic layer over training
     assert first["records"][1]["latent_units"] == [100, 50] and len(first["records"][1]["kl_layers"]) == 2
     # a second call with more seeds keeps the finished records and adds the rest
     results = run_protocol(SMALL, out, models=["vae", "vae2"], seeds=[0, 1], device="cpu", progress=False, log=logged.append)

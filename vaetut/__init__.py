@@ -3,9 +3,11 @@
 The public API at a glance (see README.md):
 
 * math: :func:`kl_normal`, :func:`reparameterize`, :func:`log_bernoulli`, :func:`log_gaussian`
-* models: :class:`VAE` / :class:`VAEConfig`
+* models: :class:`VAE` / :class:`VAEConfig`, :class:`FlowVAE`, :class:`LadderVAE`, :class:`NVAE`
 * bounds: :func:`log_likelihood`, :func:`iwae_bound`
-* training: :func:`fit`, :func:`kl_weight`, :class:`History`, :class:`TrainingDiverged`
+* training: :func:`fit` (:class:`TrainConfig`, :func:`train_step`), :func:`kl_weight`, :class:`History`,
+  :class:`TrainingDiverged`, :class:`CheckpointError`
+* comparisons: :mod:`vaetut.results` (the registry and protocols; ``vaetut`` on the command line)
 * data: :func:`load_mnist`
 * run settings: :func:`budget`, :func:`get_device`, :func:`set_seed`, :func:`run_info`
 """
@@ -28,15 +30,33 @@ from .flow_vae import FlowVAE
 from .flows import ENERGIES, MADE, AffineAutoregressive, FlowStack, IAFStep, PlanarFlow, compose, fit_energy, iaf
 from .gradients import Grad, reparam_grad, score_function_grad
 from .ladder_vae import LadderELBO, LadderVAE, LadderVAEConfig, precision_weighted
+from .nvae import NVAE, NVAEELBO, NVAEConfig, residual_kl
 from .linear_gaussian import LinearGaussian, WithQ
 from .shapes import FACTOR_SIZES, FACTORS, Shapes, make_shapes
-from .train import History, TrainingDiverged, fit, kl_weight, load_checkpoint, save_checkpoint
+from .train import (
+    CheckpointError,
+    History,
+    TrainConfig,
+    TrainingDiverged,
+    fit,
+    kl_weight,
+    load_checkpoint,
+    save_checkpoint,
+    train_step,
+)
 from .autoencoder import Autoencoder
 from .vae import VAE, VAEConfig
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CheckpointError",
+    "NVAE",
+    "NVAEConfig",
+    "NVAEELBO",
+    "TrainConfig",
+    "residual_kl",
+    "train_step",
     "LadderELBO",
     "LadderVAE",
     "LadderVAEConfig",

@@ -271,6 +271,9 @@ class Objective(nn.Module):
             value = getattr(terms, key, None)
             if value is not None:
                 stats[key] = value.detach().mean()
+        layers = next((g for g in (getattr(terms, n, None) for n in ("kl_groups", "kl_layers")) if g is not None), None)
+        if layers is not None:  # the KL of each stochastic layer (group), as kl_1, kl_2, ...
+            stats.update({f"kl_{i + 1}": col.mean() for i, col in enumerate(layers.detach().unbind(-1))})
         return loss, stats
 
     def penalised_kl(self, terms: Any) -> Tensor:
