@@ -141,3 +141,19 @@ def test_stored_outputs_come_from_the_current_code(md: Path):
         + "".join(f"  {what}: {', '.join(keys)}\n" for what, keys in changes.items())
         + rerun
     )
+
+
+@pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.name)
+def test_stored_outputs_show_the_current_results(md: Path):
+    """A chapter that shows a results file printed its digest (vaetut.results.chapter_results);
+    the file on disk must still be the one it showed."""
+    from vaetut.results import file_digest
+
+    stored = nbformat.read(md.with_suffix(".ipynb"), as_version=4)
+    text = json.dumps([c.get("outputs", []) for c in stored.cells if c.cell_type == "code"])
+    for name, digest in re.findall(r"results/([\w.-]+\.json) sha256 ([0-9a-f]{12})", text):
+        path = ROOT / "results" / name
+        assert path.exists(), f"{md.name} shows results/{name}, which is not in the repository"
+        assert file_digest(path) == digest, (
+            f"{md.name} shows results/{name} as it was before it changed: run ./run.sh chapters {md.relative_to(ROOT)}"
+        )

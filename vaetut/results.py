@@ -62,6 +62,7 @@ __all__ = [
     "run_protocol",
     "summarise",
     "load_results",
+    "chapter_results",
     "code_version",
 ]
 
@@ -362,6 +363,45 @@ def load_results(path: str | os.PathLike) -> dict[str, Any]:
         results = json.load(f)
     if not isinstance(results, dict) or "records" not in results:
         raise ValueError(f"{path} is not a vaetut results file (no 'records')")
+    return results
+
+
+RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """The first 12 hex digits of a file's SHA-256: which results a chapter showed."""
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+
+
+def chapter_results(protocol: str, models: list[str] | None = None, *, quick: str | Protocol = "tiny", log=print) -> dict[str, Any]:
+    """The results a chapter shows, through one code path in both modes.
+
+    Full mode: the committed ``results/<protocol>.json`` (written by
+    ``vaetut results --protocol <protocol>``), restricted to ``models``. Quick mode
+    (the tests): a run of the ``quick`` protocol (seconds) of the same models, so the
+    chapter's code runs end to end without the hours of training. Prints which file
+    (and its digest, which ``tests/test_project.py`` compares with the file on disk)
+    or which quick run it used.
+    """
+    from .config import is_quick
+
+    if is_quick():
+        quick = PROTOCOLS[quick] if isinstance(quick, str) else quick
+        out = Path(tempfile.mkdtemp(prefix="vaetut-results-")) / f"{quick.name}.json"
+        results = run_protocol(quick, out, models=models, progress=False, log=lambda line: None, command="quick mode")
+        log(f"quick mode: a {quick.name} run ({quick.epochs} epoch(s) on {quick.n_train or 60000} images) of {', '.join(models or quick.models)}")
+    else:
+        path = RESULTS_DIR / f"{protocol}.json"
+        results = load_results(path)
+        log(f"results/{path.name} sha256 {file_digest(path)}: {len(results['records'])} records, protocol {protocol!r}")
+    if models is not None:
+        results = {**results, "records": [r for r in results["records"] if r["model"] in models]}
+        missing = sorted(set(models) - {r["model"] for r in results["records"]})
+        if missing:
+            raise ValueError(f"no records of {missing} in the {protocol} results: run `vaetut results --protocol {protocol} --models {' '.join(missing)}`")
     return results
 
 
