@@ -1,6 +1,7 @@
 """log_likelihood and iwae_bound: bounds that order correctly, exact cases, and the
 estimator's organisation (chunks, batches, inference mode) changing no result."""
 
+import inspect
 import math
 
 import pytest
@@ -170,25 +171,97 @@ def test_every_model_goes_through_the_generic_path(name):
     torch.testing.assert_close(est, (torch.logsumexp(lw, 0) - math.log(23)).to(x.dtype))
 
 
-def test_vae_log_weights_are_the_textbook_formula():
-    """log p(x|z) + log p(z) - log q(z|x) by torch.distributions, at the same noise."""
+@pytest.mark.parametrize("route", ["training (gradients on)", "evaluation (gradients off)"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        dict(latent_dim=5, hidden=(32, 16), activation="tanh"),
+        dict(latent_dim=5, hidden=(32,), activation="relu"),
+        dict(latent_dim=3, hidden=()),  # the linear VAE: the last layer is the only one
+        dict(latent_dim=4, hidden=(16,), activation="tanh", image_shape=(1, 5, 5)),  # d = 25: groups of 1 pixel
+    ],
+    ids=["tanh", "relu", "linear", "odd-d"],
+)
+@pytest.mark.parametrize("pixels", ["binary", "grey"])
+def test_vae_log_weights_are_the_textbook_formula(route, config, pixels):
+    """log p(x|z) + log p(z) - log q(z|x) by torch.distributions, at the same noise, on
+    both routes of VAE.log_weights."""
     torch.manual_seed(0)
-    model = VAE(latent_dim=5, hidden=(32, 16), activation="tanh")
-    x = torch.bernoulli(torch.rand(4, 1, 28, 28))
+    model = VAE(**config)
+    x = torch.rand(4, *model.config.image_shape)
+    x = torch.bernoulli(x) if pixels == "binary" else x
     torch.manual_seed(3)
-    lw = model.log_weights(x, 6)  # [6, 4]
+    with torch.set_grad_enabled(route.startswith("training")):
+        lw = model.log_weights(x, 6)  # [6, 4]
+    assert lw.requires_grad == route.startswith("training")
     with torch.no_grad():
         mu, log_var = model.encode(x)
         torch.manual_seed(3)
         eps = torch.randn(6, *mu.shape)
         std = torch.exp(0.5 * log_var)
-        z = mu + std * eps  # [6, 4, 5]
+        z = mu + std * eps  # [6, 4, D]
+        logits = model.decoder(z.reshape(-1, z.shape[-1])).reshape(6, 4, *model.config.image_shape)
         ref = (
-            Independent(Bernoulli(logits=model.decode(z)), 3).log_prob(x)
+            -torch.nn.functional.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum((-3, -2, -1))
             + Normal(0.0, 1.0).log_prob(z).sum(-1)
             - Normal(mu, std).log_prob(z).sum(-1)
         )
+        if pixels == "binary":
+            torch.testing.assert_close(ref, Independent(Bernoulli(logits=logits), 3).log_prob(x)
+                                       + Normal(0.0, 1.0).log_prob(z).sum(-1) - Normal(mu, std).log_prob(z).sum(-1))
     torch.testing.assert_close(lw.detach(), ref, rtol=1e-5, atol=1e-4)
+
+
+def test_the_evaluation_route_is_exact_for_extreme_logits():
+    """Logits of +-1e4: the products of sigmoids neither underflow nor lose the large terms."""
+    torch.manual_seed(0)
+    model = VAE(latent_dim=2, hidden=(8,), activation="tanh")
+    with torch.no_grad():
+        model.decoder[0][-1].weight.mul_(3000.0)
+    x = torch.bernoulli(torch.rand(3, 1, 28, 28))
+    torch.manual_seed(1)
+    plain = model.log_weights(x, 5).detach()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        fast = model.log_weights(x, 5)
+    assert plain.abs().max() > 1e5 and torch.isfinite(fast).all()
+    torch.testing.assert_close(fast, plain, rtol=1e-6, atol=1e-3)
+
+
+def test_the_evaluation_route_at_zero_logits_where_every_factor_is_one_half():
+    """All logits 0: log p(x|z) = -d log 2 for any x, and each group's product of
+    sigmoids is 2**-(group size), its smallest; d = 1024 would allow groups of 1024."""
+    torch.manual_seed(0)
+    model = VAE(latent_dim=2, hidden=(8,), image_shape=(1, 32, 32))
+    with torch.no_grad():
+        model.decoder[0][-1].weight.zero_()
+        model.decoder[0][-1].bias.zero_()
+        x = torch.rand(3, 1, 32, 32)
+        torch.manual_seed(1)
+        lw = model.log_weights(x, 4)
+        torch.manual_seed(1)
+        mu, log_var = model.encode(x)
+        z = mu + torch.exp(0.5 * log_var) * torch.randn(4, *mu.shape)
+        log_pz_qz = Normal(0.0, 1.0).log_prob(z).sum(-1) - Normal(mu, torch.exp(0.5 * log_var)).log_prob(z).sum(-1)
+    torch.testing.assert_close(lw - log_pz_qz, torch.full((4, 3), -1024 * math.log(2)))
+
+
+def test_a_subclass_with_its_own_decoder_takes_the_plain_route():
+    class Shifted(VAE):
+        def decode(self, z):
+            return super().decode(z) + 5.0
+
+    torch.manual_seed(0)
+    model = Shifted(latent_dim=2, hidden=(8,))
+    x = torch.bernoulli(torch.rand(3, 1, 28, 28))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        lw = model.log_weights(x, 4)
+        torch.manual_seed(1)
+        mu, log_var = model.encode(x)
+        z = mu + torch.exp(0.5 * log_var) * torch.randn(4, *mu.shape)
+        ref = model.log_px_z(x, model.decode(z)) + Normal(0.0, 1.0).log_prob(z).sum(-1) - Normal(mu, torch.exp(0.5 * log_var)).log_prob(z).sum(-1)
+    torch.testing.assert_close(lw, ref, rtol=1e-5, atol=1e-4)
 
 
 def _delta_se(lw):
@@ -240,9 +313,10 @@ def test_default_chunks_keep_each_call_small_however_large_k():
             calls.append((k, len(x)))
             return torch.zeros(k, len(x))
 
-    # images: a call holds chunk * batch * 784 <= max_elements (2**20) numbers
+    # images: a call holds chunk * batch * 784 <= max_elements numbers
     log_likelihood(Shapes(), torch.zeros(25, 1, 28, 28), k=1000)
-    assert max(c * b * 784 for c, b in calls) <= 2**20
+    budget = inspect.signature(log_likelihood).parameters["max_elements"].default
+    assert max(c * b * 784 for c, b in calls) <= budget
     assert sum(c for c, b in calls) == 3 * 1000  # three batches (10, 10, 5), every sample drawn once
     # k of a million, tiny examples: still bounded, and all k drawn
     calls.clear()
@@ -255,7 +329,7 @@ def test_default_chunks_keep_each_call_small_however_large_k():
 
 
 def test_returns_an_ordinary_tensor():
-    """Computed under inference_mode, returned as a normal tensor the caller may modify."""
+    """No graph and not an inference tensor: the caller may modify it in place."""
     est = log_likelihood(ExactPosteriorModel(True), torch.randn(4, 1), k=8)
     assert not est.is_inference() and not est.requires_grad
     est += 1  # in-place ops on an inference tensor would raise

@@ -36,6 +36,7 @@ class HasLogWeights(Protocol):
         ...
 
 
+@torch.no_grad()
 def log_likelihood(
     model: HasLogWeights,
     x: Tensor,
@@ -43,33 +44,35 @@ def log_likelihood(
     *,
     chunk: int | None = None,
     batch_size: int = 10,
-    max_elements: int = 2**20,
+    max_elements: int = 2**21,
     progress: bool = False,
 ) -> Tensor:
     """Importance-sampled log p(x) in nats, per example.
 
     ``log p(x) ~= logsumexp_i(log w_i) - log k`` with k samples from the model's
-    q(z|x), the estimator of Burda et al. (2016) with k = 5000.
+    q(z|x), the estimator of Burda et al. (2016), who use k = 5000.
 
     How it is organised, and why:
 
     * The examples go in batches of ``batch_size``; each batch's k samples are
-      drawn in chunks of ``chunk`` (one call of ``log_weights`` each) and folded
-      into a running logsumexp in float64, ``[B]``. So memory is bounded for any
-      k, and the result does not depend on the chunk or batch sizes (beyond which
-      random numbers are drawn).
-    * The default shapes keep a call's working set in the CPU's cache: a chunk
-      is about ``max_elements`` numbers the size of ``x[0]`` (2**20 float32, 4 MB:
-      for MNIST and batches of 10, 133 samples, so the decoder of a VAE sees about
-      1,300 rows of 784 logits per call). Chunks of millions of numbers leave
-      every elementwise step (the activations, log p(x|z)) waiting for main
-      memory; that made this function 4.5 times slower than its matrix products.
+      drawn in chunks of ``chunk`` samples (one call of ``log_weights`` each) and
+      folded into a running logsumexp in float64, ``[B]``. Memory is bounded
+      for any k, and the result does not depend on the chunk or batch sizes
+      beyond which random numbers are drawn.
+    * The default shapes keep what one call makes in the CPU's caches: a chunk
+      holds about ``max_elements`` numbers of the size of ``x`` (2**21 float32,
+      8 MB: for MNIST in batches of 10, 267 samples, so a VAE's decoder makes
+      2,670 rows of 784 logits per call). With the earlier default of 2**25
+      numbers (128 MB per call) every elementwise step waited for main memory,
+      and the same computation took 1.8 times as long.
     * Small batches, so that a chunk holds many samples of each example: a VAE
-      runs its encoder once per call, which costs ``1 / chunk`` of the decoder's
-      work (under 1% here, 8% with batches of 100 and the same chunk size).
-    * ``inference_mode``: no autograd bookkeeping on the millions of small
-      tensors. ``benchmarks/eval_ll.py`` measures all of this against the
-      floor set by the matrix products.
+      runs its encoder once per call, a cost of ``1 / chunk`` of the decoder's
+      (0.4% here, 4% with batches of 100).
+    * Gradients off. Besides saving autograd's bookkeeping this lets a model
+      take a faster route to the same log-weights where it has one (the MLP
+      :class:`~vaetut.vae.VAE` does; see its ``log_weights``).
+      ``benchmarks/eval_ll.py`` measures the whole against the floor set by the
+      matrix products.
 
     Args:
         model: anything with ``log_weights(x, k) -> [k, B]``.
@@ -92,29 +95,26 @@ def log_likelihood(
         raise ValueError(f"x must be a batch [N, ...], got shape {tuple(x.shape)}")
     device = _model_device(model, x)
     if chunk is None:
-        per_chunk = x[0].numel() * min(batch_size, len(x))  # numbers of size x per sample of the batch
-        chunk = max(1, min(k, check_count(max_elements, "max_elements") // max(1, per_chunk)))
+        per_sample = x[0].numel() * min(batch_size, len(x))  # numbers of x's size per sample of a batch
+        chunk = max(1, min(k, check_count(max_elements, "max_elements") // max(1, per_sample)))
     chunk = check_count(chunk, "chunk")
     out, last_print = [], time.monotonic()
-    with torch.inference_mode():
-        for start in range(0, len(x), batch_size):
-            xb = x[start : start + batch_size].to(device)
-            acc = torch.full((len(xb),), -math.inf, dtype=torch.float64, device=device)  # [B]
-            done = 0
-            while done < k:
-                c = min(chunk, k - done)
-                lw = model.log_weights(xb, c).double()  # [c, B]
-                # $\log\sum_{i \le n+c} w_i = \mathrm{logaddexp}(\log\sum_{i \le n} w_i, \log\sum_{n < i \le n+c} w_i)$
-                acc = torch.logaddexp(acc, torch.logsumexp(lw, dim=0))
-                done += c
-            out.append(acc - math.log(k))
-            finished = min(start + batch_size, len(x))
-            if progress and (finished == len(x) or time.monotonic() - last_print > 10):
-                print(f"log_likelihood: {finished}/{len(x)} examples", flush=True)
-                last_print = time.monotonic()
-        ll = torch.cat(out)  # [N]
-    # cloned outside inference mode: a normal tensor, which callers may modify in place
-    return ll.to(x.dtype if x.is_floating_point() else torch.float32).clone()
+    for start in range(0, len(x), batch_size):
+        xb = x[start : start + batch_size].to(device)
+        acc = torch.full((len(xb),), -math.inf, dtype=torch.float64, device=device)  # [B]
+        done = 0
+        while done < k:
+            c = min(chunk, k - done)
+            lw = model.log_weights(xb, c).double()  # [c, B]
+            # $\log\sum_{i \le n+c} w_i = \mathrm{logaddexp}(\log\sum_{i \le n} w_i, \log\sum_{n < i \le n+c} w_i)$
+            acc = torch.logaddexp(acc, torch.logsumexp(lw, dim=0))
+            done += c
+        out.append(acc - math.log(k))
+        finished = min(start + batch_size, len(x))
+        if progress and (finished == len(x) or time.monotonic() - last_print > 10):
+            print(f"log_likelihood: {finished}/{len(x)} examples", flush=True)
+            last_print = time.monotonic()
+    return torch.cat(out).to(x.dtype if x.is_floating_point() else torch.float32)
 
 
 def iwae_bound(model: HasLogWeights, x: Tensor, k: int) -> Tensor:

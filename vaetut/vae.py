@@ -341,13 +341,60 @@ class VAE(nn.Module):
         return ELBO(log_px_z - kl, log_px_z, kl, kl_units)
 
     def log_weights(self, x: Tensor, k: int) -> Tensor:
-        """log p(x, z_i) - log q(z_i | x) for k samples z_i ~ q(z|x): ``[k, B]``."""
+        """log p(x, z_i) - log q(z_i | x) for k samples z_i ~ q(z|x): ``[k, B]``.
+
+        Two routes to the same numbers (equal up to float32 rounding, see
+        ``tests/test_bounds.py``). With gradients on (training), a conv decoder, a
+        Gaussian likelihood, or a subclass with its own ``decode`` or ``log_px_z``:
+        ``log_px_z(x, decode(z))``, the formulas of the chapters. With gradients off
+        and an MLP with a Bernoulli decoder, the route :func:`vaetut.bounds.log_likelihood`
+        takes for its millions of samples, which makes the decoder's elementwise work
+        small next to its matrix products (``benchmarks/eval_ll.py``):
+
+        * ``tanh(a) = 2 sigmoid(2a) - 1``: torch.tanh costs about six sigmoids on a CPU;
+        * ``sum_i x_i l_i = (W^T x) . h + b . x`` for the logits ``l = W h + b`` of the
+          last layer: one ``[B, H]`` product instead of a pass over ``[k, B, d]``;
+        * ``sum_i softplus(l_i) = sum_i max(l_i, 0) - log prod_i sigmoid(|l_i|)``, with
+          ``max(l, 0) = (l + |l|) / 2`` and the product over groups of 16 pixels. Each
+          factor lies in [1/2, 1], so a group's product cannot underflow (it is at least
+          2**-16); one sigmoid per pixel and one log per group replace the exp and
+          log1p per pixel of softplus (torch's log1p is several times slower than
+          its log on a CPU);
+        * all of it in place, on the one ``[k, B, d]`` tensor it allocates, the logits:
+          fresh tensors of that size can cost page faults on every call.
+        """
         k = check_count(k, "k")
         mu, log_var = self.encode(x)  # [B, D]
         eps = torch.randn((k, *mu.shape), device=mu.device, dtype=mu.dtype)
         z = reparameterize(mu, log_var, eps)  # [k, B, D]
-        log_px_z = self.log_px_z(x, self.decode(z))  # [k, B]
-        return log_px_z + log_standard_normal(z) - log_normal(z, mu, log_var)
+        log_pz_qz = log_standard_normal(z) - log_normal(z, mu, log_var)  # [k, B]
+        cfg = self.config
+        if (
+            torch.is_grad_enabled()
+            or cfg.arch != "mlp"
+            or cfg.likelihood != "bernoulli"
+            or type(self).decode is not VAE.decode
+            or type(self).log_px_z is not VAE.log_px_z
+        ):
+            return self.log_px_z(x, self.decode(z)) + log_pz_qz  # [k, B]
+        *hidden, last = self.decoder[0]  # the MLP: Linear, activation, ..., Linear
+        h = z
+        for layer in hidden:
+            # $\tanh a = 2\sigma(2a) - 1$, in place on the layer's fresh output
+            h = h.mul_(2).sigmoid_().mul_(2).sub_(1) if isinstance(layer, nn.Tanh) else layer(h)  # [k, B, H]
+        x_flat = x.flatten(1)  # [B, d]
+        # $\sum_i x_i l_i = (W^\top x) \cdot h + b \cdot x$
+        x_dot_logits = (h * (x_flat @ last.weight)).sum(-1) + x_flat @ last.bias  # [k, B]
+        logits = last(h)  # [k, B, d]
+        sum_logits = logits.sum(-1)  # [k, B]
+        sum_abs = logits.abs_().sum(-1)  # [k, B]; logits now holds |l|
+        # $\log\prod_{i \in g}\sigma(|l_i|)$ for groups g of up to 16 pixels
+        group = math.gcd(logits.shape[-1], 16)
+        log_prods = logits.sigmoid_().unflatten(-1, (-1, group)).prod(-1).log_()  # [k, B, d / group]
+        # $\sum_i \mathrm{softplus}(l_i) = \sum_i \frac{l_i + |l_i|}{2} - \sum_g \log\prod_{i \in g}\sigma(|l_i|)$
+        sum_softplus = (sum_logits + sum_abs) / 2 - log_prods.sum(-1)  # [k, B]
+        # $\log p(x|z) = \sum_i x_i l_i - \mathrm{softplus}(l_i)$
+        return x_dot_logits - sum_softplus + log_pz_qz
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
