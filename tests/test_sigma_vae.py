@@ -243,3 +243,62 @@ def test_bad_sigma_settings_are_refused(kwargs, match):
 def test_optimal_sigma_without_the_batch_says_what_to_pass():
     with pytest.raises(ValueError, match="decoder_log_sigma\\(x, out\\)"):
         gaussian_model("optimal").decoder_log_sigma()
+
+
+# ------------------------------------------- evaluation with the optimal sigma frozen
+def _optimal_model():
+    torch.manual_seed(0)
+    return VAE(likelihood="gaussian", sigma="optimal", latent_dim=3, hidden=(32,))
+
+
+def test_in_evaluation_each_example_is_scored_alone():
+    """Training refits sigma* to the batch; evaluation uses the frozen value, so an
+    example's log-likelihood no longer depends on the other examples in its batch."""
+    model = _optimal_model()
+    x = torch.rand(12, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    out = torch.rand(12, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    part_train, whole_train = model.log_px_z(x[:4], out[:4]), model.log_px_z(x, out)[:4]
+    assert (part_train - whole_train).abs().max() > 1e-3  # training mode: sigma* of whichever batch
+    model.eval()
+    torch.testing.assert_close(model.log_px_z(x[:4], out[:4]), model.log_px_z(x, out)[:4])
+
+
+def test_test_log_likelihood_does_not_depend_on_batch_or_chunk_sizes():
+    from vaetut import log_likelihood
+
+    model = _optimal_model()
+    x = torch.rand(40, 1, 28, 28, generator=torch.Generator().manual_seed(3))
+    model.calibrate(x)
+    model.eval()
+    estimates = []
+    for batch_size, chunk in ((40, 3000), (7, 500), (1, 130)):
+        torch.manual_seed(4)
+        estimates.append(log_likelihood(model, x, k=3000, batch_size=batch_size, chunk=chunk).mean().item())
+    # only Monte Carlo noise is left (refitting sigma to each batch and chunk moved this by about a nat)
+    assert max(estimates) - min(estimates) < 0.1, estimates
+
+
+def test_calibrate_freezes_sigma_star_of_the_training_reconstructions():
+    model = _optimal_model()
+    x = torch.rand(30, 1, 28, 28, generator=torch.Generator().manual_seed(5))
+    torch.manual_seed(6)
+    sq = model.calibrate(x, batch_size=30).item()
+    torch.manual_seed(6)
+    mu, log_var = model.encode(x)
+    expected = (x - model.decode(reparameterize(mu, log_var))).pow(2).mean().item()
+    assert sq == pytest.approx(expected, rel=1e-5)
+    model.eval()
+    assert model.decoder_log_sigma().item() == pytest.approx(0.5 * math.log(expected), rel=1e-5)
+    with pytest.raises(ValueError, match="calibrate\\(\\) sets the optimal sigma"):
+        VAE(likelihood="gaussian", sigma=0.5).calibrate(x)
+
+
+def test_the_running_sigma_star_follows_training_batches_only():
+    model = _optimal_model()
+    x, out = torch.zeros(4, 1, 28, 28), torch.full((4, 1, 28, 28), 0.5)  # mse 0.25
+    for _ in range(2000):
+        model.decoder_log_sigma(x, out)
+    assert model.sigma_star_sq.item() == pytest.approx(0.25, rel=1e-2)
+    model.eval()
+    model.decoder_log_sigma(x, out * 0)
+    assert model.sigma_star_sq.item() == pytest.approx(0.25, rel=1e-2)  # evaluation never moves it

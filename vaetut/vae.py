@@ -64,6 +64,7 @@ __all__ = ["VAEConfig", "VAE", "mlp", "ConvEncoder", "ConvDecoder", "softclip"]
 LIKELIHOODS = ("bernoulli", "gaussian")
 SIGMAS = ("learned", "optimal")
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
+SIGMA_STAR_MOMENTUM = 0.01  # weight of each training batch in the running sigma*^2 of sigma="optimal"
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,8 @@ class VAEConfig:
             ``"gaussian"``.
         sigma: Gaussian decoder scale: a positive number (fixed), ``"learned"``
             (one shared trainable log sigma) or ``"optimal"`` (the batch's
-            maximum-likelihood sigma*, Rybkin et al. 2020). Only for
+            maximum-likelihood sigma* in training, Rybkin et al. 2020; frozen in
+            evaluation, see :meth:`VAE.decoder_log_sigma`). Only for
             ``likelihood="gaussian"``.
         min_log_sigma: floor of a learned or optimal log sigma (default -6, as
             Rybkin et al.: sigma >= 0.0025, about the quantisation noise of 8-bit
@@ -249,6 +251,9 @@ class VAE(nn.Module):
         self.to_log_var = nn.Linear(features, cfg.latent_dim)
         if cfg.likelihood == "gaussian" and cfg.sigma == "learned":
             self.log_sigma = nn.Parameter(torch.zeros(()))
+        if cfg.likelihood == "gaussian" and cfg.sigma == "optimal":
+            # sigma*^2 for evaluation: a running average over training batches, or set by calibrate()
+            self.register_buffer("sigma_star_sq", torch.ones(()))
 
     # ----------------------------------------------------------------- networks
     @property
@@ -291,17 +296,28 @@ class VAE(nn.Module):
 
         Returns:
             ``[]``: for a fixed sigma its log; for ``"learned"`` the soft-clipped
-            parameter; for ``"optimal"`` log sigma*, where sigma*^2 is the mean squared
-            error of ``out`` against ``x`` over every pixel of every example (and every
-            sample), the maximum-likelihood value for this batch, computed without
-            gradient and floored at ``min_log_sigma`` (Rybkin et al. 2020; the
-            paper's §3.3 prints this log sigma* as "sigma*", see ERRATA.md).
+            parameter; for ``"optimal"`` log sigma*, floored at ``min_log_sigma``
+            (Rybkin et al. 2020; the paper's §3.3 prints this log sigma* as "sigma*",
+            see ERRATA.md):
+
+            * in training mode, sigma*^2 is the mean squared error of ``out`` against
+              ``x`` over every pixel of every example (and sample): the
+              maximum-likelihood value for this batch, computed without gradient. A
+              running average of it is kept in the buffer ``sigma_star_sq``;
+            * in evaluation mode (``model.eval()``) sigma* is that buffer, frozen: a
+              likelihood never refits sigma to the data it scores, so a test
+              log-likelihood does not use the test images twice and does not change
+              with the batch or chunk sizes it is computed in. :meth:`calibrate` sets
+              the buffer to the sigma* of the training set exactly.
         """
         cfg = self.config
         if cfg.sigma == "learned":
             return softclip(self.log_sigma, cfg.min_log_sigma)
         ref = out if out is not None else x
         if cfg.sigma == "optimal":
+            if not self.training:
+                # evaluation: the sigma* frozen from training data, the same for every example
+                return self.sigma_star_sq.log().mul(0.5).clamp(min=cfg.min_log_sigma)
             if x is None or out is None:
                 raise ValueError(
                     "sigma='optimal' is fitted to a batch: call decoder_log_sigma(x, out) with the data "
@@ -309,13 +325,37 @@ class VAE(nn.Module):
                 )
             with torch.no_grad():
                 # $\sigma^{*2} = \frac{1}{B d}\sum_{b,i} (x_{b,i} - \hat x_{b,i})^2$, $\log\sigma^* = \frac12\log\sigma^{*2}$
-                log_sigma = 0.5 * torch.log((x - out).pow(2).mean())
+                mse = (x - out).pow(2).mean()
+                self.sigma_star_sq.lerp_(mse.to(self.sigma_star_sq), SIGMA_STAR_MOMENTUM)
                 # exact floor (no gradient flows, so no need for a smooth clip; a soft clip would
                 # shift sigma* up by log(1 + exp(min - log sigma*)) and it would no longer be the minimiser)
-                return log_sigma.clamp(min=cfg.min_log_sigma)
+                return (0.5 * torch.log(mse)).clamp(min=cfg.min_log_sigma)
         if ref is None:
             return torch.tensor(math.log(cfg.sigma))
         return torch.tensor(math.log(cfg.sigma), dtype=ref.dtype, device=ref.device)
+
+    @torch.no_grad()
+    def calibrate(self, x: Tensor, batch_size: int = 1000) -> Tensor:
+        """Freeze the optimal sigma at the sigma* of this model's reconstructions of ``x``.
+
+        sigma*^2 = the mean squared error of ``decode(z)`` against ``x`` with one
+        ``z ~ q(z|x)`` per image, over every pixel of ``x`` (the training data): the
+        sigma that maximises the model's ELBO on ``x``. Only for ``sigma="optimal"``.
+
+        Returns:
+            The new ``sigma_star_sq``, ``[]``.
+        """
+        if self.config.sigma != "optimal":
+            raise ValueError(f"calibrate() sets the optimal sigma; this model has sigma={self.config.sigma!r}")
+        batch_size = check_count(batch_size, "batch_size")
+        sq, n = torch.zeros((), dtype=torch.float64), 0
+        for xb in x.split(batch_size):
+            xb = xb.to(self.to_mu.weight.device)
+            out = self.decode(reparameterize(*self.encode(xb)))
+            sq += (xb - out).double().pow(2).sum().cpu()
+            n += xb.numel()
+        self.sigma_star_sq.fill_((sq / n).item())
+        return self.sigma_star_sq
 
     def log_px_z(self, x: Tensor, out: Tensor) -> Tensor:
         """log p(x | z) for decoder outputs ``out`` ``[..., B, C, H, W]`` and data ``x``
