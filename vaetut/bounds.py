@@ -24,9 +24,9 @@ import torch
 from torch import Tensor
 
 try:  # inside the vaetut package
-    from .distributions import check_count
+    from .distributions import check_count, check_values
 except ImportError:  # copied into a folder beside distributions.py
-    from distributions import check_count  # type: ignore[no-redef]
+    from distributions import check_count, check_values  # type: ignore[no-redef]
 
 __all__ = ["HasLogWeights", "iwae_bound", "log_likelihood"]
 
@@ -91,8 +91,11 @@ def log_likelihood(
     """
     k = check_count(k, "k", hint="the number of importance samples")
     batch_size = check_count(batch_size, "batch_size")
-    if x.dim() < 2:
-        raise ValueError(f"x must be a batch [N, ...], got shape {tuple(x.shape)}")
+    if not torch.is_tensor(x) or x.dim() < 2 or len(x) == 0:
+        got = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+        raise ValueError(f"x must be a non-empty batch [N, ...], got {got}")
+    if x.is_floating_point():
+        check_values(x)  # once for the whole set: the model's own check skips values on accelerators
     device = _model_device(model, x)
     if chunk is None:
         per_sample = x[0].numel() * min(batch_size, len(x))  # numbers of x's size per sample of a batch
