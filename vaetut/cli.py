@@ -11,11 +11,11 @@ Also ``python -m vaetut ...``. Data parallelism on N GPUs (or N CPU processes):
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import sys
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -23,7 +23,7 @@ import torch
 from .config import get_device, run_info
 from .data import DataNotFoundError, load_mnist
 from .results import MODELS, PROTOCOLS, Protocol, build, code_version, evaluate, format_table, run_protocol, summarise, train_config
-from .train import CheckpointError, Objective, TrainConfig, TrainingDiverged, _adam, _Dist, fit, load_checkpoint, train_step
+from .train import CheckpointError, TrainConfig, TrainingDiverged, _Dist, fit, load_checkpoint
 
 CHECKPOINT, RUN_FILE = "checkpoint.pt", "run.json"
 
@@ -199,24 +199,17 @@ def argv_is_cli() -> bool:
 
 
 def _steps_for(seconds: float, name: str, seed: int, x: torch.Tensor, config: TrainConfig, device, dist: _Dist) -> int:
-    """Steps that fit in ``seconds``, from the speed of 40 timed steps on a copy of the model."""
+    """Steps that fit in ``seconds``, from the speed of the real training loop on a copy of the model
+    (200 timed steps after 20 to warm up)."""
     steps = 0
     if dist.is_main:
-        model = build(name, seed).to(device)
-        probe = copy.deepcopy(model)
-        objective, optimizer = Objective(probe, config), _adam(probe, config)
-        from .train import NonFiniteGuard
-
-        guard = NonFiniteGuard([p for p in probe.parameters()], optimizer, device)
-        batch = torch.bernoulli(x[: config.batch_size]).to(device)
-        for i in range(45):
-            if i == 5:  # the first steps pay for allocations and kernel selection
-                start = time.perf_counter()
-            train_step(objective, optimizer, batch, 1.0, guard)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        per_step = (time.perf_counter() - start) / 40
-        # a margin for per-epoch work (progress, checkpoints) and for a machine that slows down
+        probe = build(name, seed)
+        quiet = dict(device=device, progress=False)
+        fit(probe, x, replace(config, epochs=None, steps=20), **quiet)
+        start = time.perf_counter()
+        fit(probe, x, replace(config, epochs=None, steps=200), **quiet)
+        per_step = (time.perf_counter() - start) / 200
+        # a margin for per-epoch work (progress lines, checkpoints) and a machine that slows down
         steps = max(1, int(0.95 * seconds / per_step))
     if dist.world > 1:
         steps = dist.gather(steps)[0]
@@ -224,14 +217,10 @@ def _steps_for(seconds: float, name: str, seed: int, x: torch.Tensor, config: Tr
 
 
 def _with(obj, **changes):
-    from dataclasses import replace
-
     return replace(obj, **changes)
 
 
 def _plain(config: TrainConfig) -> dict:
-    from dataclasses import asdict
-
     return asdict(config)
 
 

@@ -220,7 +220,8 @@ def binarize_batch(x: Tensor, seed: int, step: int) -> Tensor:
     is untouched.
     """
     generator = torch.Generator(device=x.device).manual_seed(_mix(seed, 1, step))
-    return torch.bernoulli(x, generator=generator)
+    # $x_i = [u_i < p_i]$ with $u_i \sim U(0, 1)$ is a Bernoulli(p_i) draw (faster than torch.bernoulli on a CPU)
+    return (torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) < x).to(x.dtype)
 
 
 def _mix(seed: int, stream: int, index: int) -> int:
@@ -339,9 +340,10 @@ class NonFiniteGuard:
             self.first_what = torch.zeros((), dtype=torch.long, device=device)  # 0 loss, 1 gradient
 
     def before_update(self, loss: Tensor, optimizer: torch.optim.Optimizer) -> None:
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, float("inf"), foreach=True)
+        # the norm only (clip_grad_norm_ with an infinite bound would still rescale every gradient by 1)
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None], foreach=True)
         if not self.deferred:
-            if not bool(torch.isfinite(loss) & torch.isfinite(grad_norm)):
+            if not bool(torch.isfinite(loss.detach() + grad_norm)):  # one check for both (a sum of finite values is finite)
                 what = "loss" if not torch.isfinite(loss) else "gradient norm"
                 value = loss if what == "loss" else grad_norm
                 self.raise_at(self.step, what, value.item())
