@@ -25,7 +25,7 @@ def softplus_sum(z):
 
 
 def within(estimates, reference, sigmas=4.0):
-    """Each coordinate of the mean of ``estimates`` [n, D] within ``sigmas`` standard errors."""
+    """Each coordinate of the mean of ``estimates`` [k, n] within ``sigmas`` standard errors."""
     mean = estimates.mean(0)
     se = estimates.std(0) / math.sqrt(len(estimates))
     return bool(((mean - reference).abs() < sigmas * se + 1e-12).all())
@@ -38,7 +38,7 @@ def quadrature_grad(f_1d, mu, log_var, points=80):
     w = torch.tensor(w / math.sqrt(2 * math.pi), dtype=DT)
     mu = mu.clone().requires_grad_(True)
     log_var = log_var.clone().requires_grad_(True)
-    z = mu[:, None] + torch.exp(0.5 * log_var)[:, None] * t  # [D, points]
+    z = mu[:, None] + torch.exp(0.5 * log_var)[:, None] * t  # [n, points]
     expectation = (f_1d(z) * w).sum()
     return torch.autograd.grad(expectation, (mu, log_var))
 
@@ -131,15 +131,15 @@ def test_gradient_reaches_an_encoder_through_reparameterize():
 
 
 def test_bad_input_is_explained():
-    with pytest.raises(ValueError, match=r"mu must be a floating-point vector \[D\]"):
+    with pytest.raises(ValueError, match=r"mu must be a floating-point vector \[n\]"):
         reparam_grad(quadratic, MU[None], LOG_VAR[None], 4)
     with pytest.raises(ValueError, match=r"log_var must have the shape of mu, \[3\]"):
         score_function_grad(quadratic, MU, LOG_VAR[:2], 4)
-    with pytest.raises(ValueError, match="n must be a positive integer"):
+    with pytest.raises(ValueError, match="k must be a positive integer"):
         reparam_grad(quadratic, MU, LOG_VAR, 0)
-    with pytest.raises(ValueError, match=r"eps must be standard normal noise \[n, D\] = \[4, 3\]"):
+    with pytest.raises(ValueError, match=r"eps must be standard normal noise \[k, n\] = \[4, 3\]"):
         score_function_grad(quadratic, MU, LOG_VAR, 4, eps=torch.zeros(3, 4, dtype=DT))
-    with pytest.raises(ValueError, match=r"one value per sample \[n\] = \[4\], got \(4, 3\)"):
+    with pytest.raises(ValueError, match=r"one value per sample \[k\] = \[4\], got \(4, 3\)"):
         reparam_grad(lambda z: z.pow(2), MU, LOG_VAR, 4)
     with pytest.raises(ValueError, match=r"one value per sample"):
         score_function_grad(lambda z: z.pow(2).sum(), MU, LOG_VAR, 4)

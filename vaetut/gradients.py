@@ -5,7 +5,7 @@ both estimate
 
     grad_{mu, log_var} E_{z ~ q}[f(z)]
 
-from n draws, one gradient per draw, so the caller can take their mean (the
+from k draws, one gradient per draw, so the caller can take their mean (the
 estimate) and their variance (its cost):
 
 * :func:`reparam_grad`, the reparameterization or pathwise estimator (Kingma &
@@ -35,22 +35,22 @@ except ImportError:  # copied into a folder beside distributions.py
 
 __all__ = ["Grad", "reparam_grad", "score_function_grad"]
 
-#: A function of a batch of samples, one value each: ``z [n, D] -> [n]``.
+#: A function of a batch of samples, one value each: ``z [k, n] -> [k]``.
 Objective = Callable[[Tensor], Tensor]
 
 
 class Grad(NamedTuple):
     """Per-sample gradient estimates; the estimator's value is their mean over dim 0."""
 
-    mu: Tensor  # [n, D]  estimates of the gradient with respect to mu
-    log_var: Tensor  # [n, D]  ... with respect to log sigma^2
+    mu: Tensor  # [k, n]  estimates of the gradient with respect to mu
+    log_var: Tensor  # [k, n]  ... with respect to log sigma^2
 
 
 def reparam_grad(
     f: Objective,
     mu: Tensor,
     log_var: Tensor,
-    n: int,
+    k: int,
     *,
     eps: Tensor | None = None,
     generator: torch.Generator | None = None,
@@ -58,25 +58,26 @@ def reparam_grad(
     """The reparameterization estimator: one gradient of f(mu + sigma * eps_i) per draw.
 
     Args:
-        f: ``z [n, D] -> [n]``, differentiable, acting on each row separately (row i
+        f: ``z [k, n] -> [k]``, differentiable, acting on each row separately (row i
             of its output depends on row i of z only).
-        mu, log_var: ``[D]``, the parameters of q = N(mu, diag exp(log_var)).
-        n: number of draws.
-        eps: optional standard normal noise ``[n, D]`` (to compare estimators on the
+        mu, log_var: ``[n]``, the parameters of q = N(mu, diag exp(log_var)) over n
+            latent dimensions.
+        k: number of draws.
+        eps: optional standard normal noise ``[k, n]`` (to compare estimators on the
             same draws); drawn with ``generator`` when omitted.
 
     Returns:
-        :class:`Grad` with ``mu`` and ``log_var`` each ``[n, D]``; row i is the
+        :class:`Grad` with ``mu`` and ``log_var`` each ``[k, n]``; row i is the
         gradient of f(z_i) with respect to (mu, log_var), so ``.mean(0)`` is the
-        n-sample estimate of the gradient of E_q[f(z)].
+        k-sample estimate of the gradient of E_q[f(z)].
     """
-    eps = _draws(mu, log_var, n, eps, generator)
+    eps = _draws(mu, log_var, k, eps, generator)
     # one copy of the parameters per draw, so autograd returns one gradient per draw
-    mu_i = mu.detach().expand(n, -1).clone().requires_grad_(True)  # [n, D]
-    log_var_i = log_var.detach().expand(n, -1).clone().requires_grad_(True)  # [n, D]
+    mu_i = mu.detach().expand(k, -1).clone().requires_grad_(True)  # [k, n]
+    log_var_i = log_var.detach().expand(k, -1).clone().requires_grad_(True)  # [k, n]
     # $z_i = \mu + \sigma \odot \epsilon_i$: the randomness is in eps, so grad and E commute
-    z = reparameterize(mu_i, log_var_i, eps)  # [n, D]
-    values = _values(f, z, n)
+    z = reparameterize(mu_i, log_var_i, eps)  # [k, n]
+    values = _values(f, z, k)
     if not values.requires_grad:
         raise ValueError(
             "f(z) does not depend differentiably on z (no gradient reaches it), so the "
@@ -96,7 +97,7 @@ def score_function_grad(
     f: Objective,
     mu: Tensor,
     log_var: Tensor,
-    n: int,
+    k: int,
     *,
     baseline: float | Tensor = 0.0,
     eps: Tensor | None = None,
@@ -109,51 +110,51 @@ def score_function_grad(
     that does not depend on z_i keeps it unbiased, since E_q[grad log q] = 0.
 
     Args:
-        f: ``z [n, D] -> [n]``, evaluated without gradient.
-        mu, log_var: ``[D]``.
-        n: number of draws.
-        baseline: a number (or a tensor broadcastable to ``[n]``) subtracted from f.
-        eps: optional standard normal noise ``[n, D]``; drawn with ``generator`` when omitted.
+        f: ``z [k, n] -> [k]``, evaluated without gradient.
+        mu, log_var: ``[n]``.
+        k: number of draws.
+        baseline: a number (or a tensor broadcastable to ``[k]``) subtracted from f.
+        eps: optional standard normal noise ``[k, n]``; drawn with ``generator`` when omitted.
 
     Returns:
-        :class:`Grad` with ``mu`` and ``log_var`` each ``[n, D]``.
+        :class:`Grad` with ``mu`` and ``log_var`` each ``[k, n]``.
     """
-    eps = _draws(mu, log_var, n, eps, generator)
+    eps = _draws(mu, log_var, k, eps, generator)
     mu, log_var = mu.detach(), log_var.detach()
     with torch.no_grad():
-        z = reparameterize(mu, log_var, eps)  # [n, D]
-        weight = (_values(f, z, n) - baseline).unsqueeze(-1)  # [n, 1]
+        z = reparameterize(mu, log_var, eps)  # [k, n]
+        weight = (_values(f, z, k) - baseline).unsqueeze(-1)  # [k, 1]
     # with $z = \mu + \sigma\epsilon$ and $\log q(z) = -\frac12\sum_j[\log 2\pi + \log\sigma_j^2 + (z_j-\mu_j)^2/\sigma_j^2]$:
     # $\partial \log q/\partial\mu = (z-\mu)/\sigma^2 = \epsilon/\sigma$
-    score_mu = eps * torch.exp(-0.5 * log_var)  # [n, D]
+    score_mu = eps * torch.exp(-0.5 * log_var)  # [k, n]
     # $\partial \log q/\partial\log\sigma^2 = \frac12[(z-\mu)^2/\sigma^2 - 1] = \frac12(\epsilon^2 - 1)$
-    score_log_var = 0.5 * (eps.pow(2) - 1)  # [n, D]
+    score_log_var = 0.5 * (eps.pow(2) - 1)  # [k, n]
     return Grad(weight * score_mu, weight * score_log_var)
 
 
-def _draws(mu: Tensor, log_var: Tensor, n: int, eps: Tensor | None, generator: torch.Generator | None) -> Tensor:
-    """Validate the parameters and return the noise eps ``[n, D]``."""
+def _draws(mu: Tensor, log_var: Tensor, k: int, eps: Tensor | None, generator: torch.Generator | None) -> Tensor:
+    """Validate the parameters and return the noise eps ``[k, n]``."""
     if not torch.is_tensor(mu) or mu.dim() != 1 or not mu.is_floating_point():
         got = tuple(mu.shape) if torch.is_tensor(mu) else type(mu).__name__
-        raise ValueError(f"mu must be a floating-point vector [D], got {got}; for a batch, call once per row")
+        raise ValueError(f"mu must be a floating-point vector [n], got {got}; for a batch, call once per row")
     if not torch.is_tensor(log_var) or log_var.shape != mu.shape:
         got = tuple(log_var.shape) if torch.is_tensor(log_var) else type(log_var).__name__
         raise ValueError(f"log_var must have the shape of mu, [{mu.shape[0]}], got {got}")
-    n = check_count(n, "n", hint="the number of samples")
+    k = check_count(k, "k", hint="the number of draws")
     if eps is None:
-        return torch.randn(n, mu.shape[0], generator=generator, dtype=mu.dtype).to(mu.device)
-    if tuple(eps.shape) != (n, mu.shape[0]):
-        raise ValueError(f"eps must be standard normal noise [n, D] = [{n}, {mu.shape[0]}], got {tuple(eps.shape)}")
+        return torch.randn(k, mu.shape[0], generator=generator, dtype=mu.dtype).to(mu.device)
+    if tuple(eps.shape) != (k, mu.shape[0]):
+        raise ValueError(f"eps must be standard normal noise [k, n] = [{k}, {mu.shape[0]}], got {tuple(eps.shape)}")
     return eps.to(dtype=mu.dtype, device=mu.device)
 
 
-def _values(f: Objective, z: Tensor, n: int) -> Tensor:
-    """f(z), checked to be one value per sample, ``[n]``."""
+def _values(f: Objective, z: Tensor, k: int) -> Tensor:
+    """f(z), checked to be one value per sample, ``[k]``."""
     values = f(z)
-    if not torch.is_tensor(values) or tuple(values.shape) != (n,):
+    if not torch.is_tensor(values) or tuple(values.shape) != (k,):
         got = tuple(values.shape) if torch.is_tensor(values) else type(values).__name__
         raise ValueError(
-            f"f must map samples z [n, D] to one value per sample [n] = [{n}], got {got}; "
+            f"f must map samples z [k, n] to one value per sample [k] = [{k}], got {got}; "
             "reduce over the last dimension, e.g. lambda z: (z - c).pow(2).sum(-1)"
         )
     return values
