@@ -49,6 +49,10 @@ def test_protocols_are_as_documented():
     assert published.n_ll == 10_000
     assert set(cpu.models) == set(MODELS) - {"nvae", "nvae-plain", "nvae-nobal", "nvae-nosr"}
     assert PROTOCOLS["ablation"].models[:2] == ("vae", "lvae") and "nvae" in published.models
+    from vaetut.results import warmup_fraction
+
+    assert warmup_fraction("vae", cpu) == cpu.warmup_fraction > 0  # the protocol's warm-up for ELBO models
+    assert warmup_fraction("iwae50", cpu) == 0 and warmup_fraction("nvae", cpu) == MODELS["nvae"].warmup_fraction
 
 
 def test_run_protocol_writes_complete_records_and_continues_after_an_interruption(tmp_path):

@@ -341,3 +341,15 @@ def test_deferred_guard_skips_on_the_device_and_reports_the_first_bad_step():
         guard.check()
     assert info.value.step == 2
     assert all(torch.equal(p, g) for p, g in zip(params, good))  # steps 2, 3, 4 were all skipped
+
+
+def test_cosine_time_anneals_over_the_wall_time():
+    config = TrainConfig(steps=10, lr_schedule="cosine-time", lr_min_factor=0.1)
+    assert [lr_factor(config, 5, 10, 5, f) for f in (0.0, 0.5, 1.0, 2.0)] == pytest.approx([1.0, 0.55, 0.1, 0.1])
+    with pytest.raises(ValueError, match="give time_limit"):
+        fit(_model(), _data(8), steps=1, lr_schedule="cosine-time", progress=False)
+    model = _model()
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    history = fit(model, _data(), steps=100_000, batch_size=32, lr_schedule="cosine-time", lr_min_factor=0.1,
+                  time_limit=0.5, optimizer=opt, progress=False)
+    assert history.stopped == "time limit" and opt.param_groups[0]["lr"] == pytest.approx(0.001, rel=0.05)

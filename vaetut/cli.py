@@ -22,7 +22,19 @@ import torch
 
 from .config import get_device, run_info
 from .data import DataNotFoundError, load_mnist
-from .results import MODELS, PROTOCOLS, Protocol, build, code_version, evaluate, format_table, run_protocol, summarise, train_config
+from .results import (
+    MODELS,
+    PROTOCOLS,
+    Protocol,
+    build,
+    code_version,
+    evaluate,
+    format_table,
+    run_protocol,
+    summarise,
+    train_config,
+    warmup_fraction,
+)
 from .train import CheckpointError, TrainConfig, TrainingDiverged, _Dist, fit, load_checkpoint
 
 CHECKPOINT, RUN_FILE = "checkpoint.pt", "run.json"
@@ -162,14 +174,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         time_limit = None
         if args.epochs:
             config = _with(config, epochs=args.epochs)
-            if MODELS[args.model].warmup_fraction:
-                config = _with(config, warmup_steps=round(MODELS[args.model].warmup_fraction * args.epochs * per_epoch))
+            config = _with(config, warmup_steps=round(warmup_fraction(args.model, protocol) * args.epochs * per_epoch))
         if args.minutes:
+            # the learning rate anneals over the wall time, so the run ends annealed however fast the
+            # machine turns out to be; the step budget (twice the measured speed) only bounds it
             steps = _steps_for(args.minutes * 60, args.model, args.seed, x_train, config, device, dist)
-            warmup = round(MODELS[args.model].warmup_fraction * steps)
-            config = _with(config, epochs=None, steps=steps, warmup_steps=warmup)
+            warmup = round(warmup_fraction(args.model, protocol) * steps)
+            config = _with(config, epochs=None, steps=2 * steps, warmup_steps=warmup, lr_schedule="cosine-time")
             time_limit = args.minutes * 60
-            say(f"{args.minutes:g} minutes at the measured speed: {steps} steps ({steps / per_epoch:.1f} epochs)")
+            say(f"{args.minutes:g} minutes: about {steps} steps ({steps / per_epoch:.0f} epochs) at the measured speed; "
+                "the learning rate follows a cosine over the wall time")
         if dist.is_main:
             out.mkdir(parents=True, exist_ok=True)
             run = {

@@ -77,7 +77,7 @@ __all__ = [
 ]
 
 OBJECTIVES = ("elbo", "iwae")
-SCHEDULES = ("constant", "cosine", "burda")
+SCHEDULES = ("constant", "cosine", "cosine-time", "burda")
 CHECKPOINT_FORMAT = "vaetut-checkpoint-2"
 
 
@@ -109,8 +109,10 @@ class TrainConfig:
         batch_size: examples per step (over all processes when data-parallel).
         lr: Adam's learning rate, multiplied by the schedule's factor at each step.
         lr_schedule: ``"constant"``; ``"cosine"`` (from ``lr`` to ``lr * lr_min_factor``
-            over the run, half a cosine); ``"burda"`` (Burda et al. 2016: 3^i epochs at
-            ``lr * 10^(-i/7)``, i = 0..7, 3,280 epochs in all).
+            over the run's steps, half a cosine); ``"cosine-time"`` (the same over the
+            wall time of ``fit``'s ``time_limit``, so a run for a fixed time anneals fully
+            however fast the machine is; not bit-reproducible); ``"burda"`` (Burda et
+            al. 2016: 3^i epochs at ``lr * 10^(-i/7)``, i = 0..7, 3,280 epochs in all).
         lr_min_factor: the cosine schedule's final factor.
         adam_eps: Adam's epsilon (Burda et al. use 1e-4).
         beta, warmup_steps: the KL weight ``kl_weight(step, beta, warmup_steps)``.
@@ -187,11 +189,13 @@ def kl_weight(step: int, beta: float = 1.0, warmup_steps: int = 0) -> float:
     return float(beta) * min(1.0, step / warmup_steps)
 
 
-def lr_factor(config: TrainConfig, step: int, total: int, steps_per_epoch: int) -> float:
-    """The factor that multiplies ``config.lr`` at step ``step`` (0-based) of ``total``."""
-    if config.lr_schedule == "cosine":
+def lr_factor(config: TrainConfig, step: int, total: int, steps_per_epoch: int, time_fraction: float = 0.0) -> float:
+    """The factor that multiplies ``config.lr`` at step ``step`` (0-based) of ``total``
+    (``time_fraction``: the elapsed share of the time limit, for ``"cosine-time"``)."""
+    if config.lr_schedule in ("cosine", "cosine-time"):
+        progress = step / max(total - 1, 1) if config.lr_schedule == "cosine" else time_fraction
         # $\eta_t = \eta_{\min} + (\eta_0 - \eta_{\min}) \frac{1 + \cos(\pi t / T)}{2}$
-        progress = min(1.0, step / max(total - 1, 1))
+        progress = min(1.0, max(0.0, progress))
         return config.lr_min_factor + (1 - config.lr_min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
     if config.lr_schedule == "burda":
         # epochs [0, 1) at i = 0, [1, 4) at i = 1, [4, 13) at i = 2, ...: 3^i epochs each
@@ -686,6 +690,8 @@ def fit(
         checkpoint_every = check_count(checkpoint_every, "checkpoint_every")
     if time_limit is not None and (isinstance(time_limit, bool) or not isinstance(time_limit, numbers.Real) or not time_limit > 0):
         raise ValueError(f"time_limit must be a positive number of seconds, got {time_limit!r}")
+    if config.lr_schedule == "cosine-time" and time_limit is None:
+        raise ValueError("lr_schedule='cosine-time' anneals over the wall time: give time_limit= (seconds)")
     run = _Run(model, data, config, device, optimizer, checkpoint, checkpoint_every, time_limit, progress, on_epoch_end)
     if resume:
         run.resume()
@@ -743,7 +749,7 @@ class _Run:
                             x = binarize_batch(x, cfg.seed, self.step)
                         x = dist.shard(x)
                         w = kl_weight(self.step, cfg.beta, cfg.warmup_steps)
-                        _set_lr(self.optimizer, cfg, self.step, self.total, self.per_epoch)
+                        _set_lr(self.optimizer, cfg, self.step, self.total, self.per_epoch, self.time_fraction())
                         stats = train_step(loss_fn, self.optimizer, x, w, self.guard)
                         self.step += 1
                         self.epoch_means.add(stats)
@@ -773,6 +779,12 @@ class _Run:
             raise KeyboardInterrupt(f"training interrupted at step {self.step}, checkpoint written{where}")
         self.model.eval()
         return self.history
+
+    def time_fraction(self) -> float:
+        """The elapsed share of the time limit (0 without one)."""
+        if self.time_limit is None:
+            return 0.0
+        return (time.perf_counter() - self.started) / self.time_limit
 
     def log(self, bar) -> None:
         self.guard.check()
@@ -899,10 +911,12 @@ def _bar(total: int, initial: int):
     return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
 
 
-def _set_lr(optimizer: torch.optim.Optimizer, config: TrainConfig, step: int, total: int, per_epoch: int) -> None:
+def _set_lr(
+    optimizer: torch.optim.Optimizer, config: TrainConfig, step: int, total: int, per_epoch: int, time_fraction: float
+) -> None:
     if config.lr_schedule == "constant":
         return
-    factor = lr_factor(config, step, total, per_epoch)
+    factor = lr_factor(config, step, total, per_epoch, time_fraction)
     for group in optimizer.param_groups:
         group.setdefault("initial_lr", group["lr"])
         group["lr"] = group["initial_lr"] * factor
