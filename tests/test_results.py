@@ -51,8 +51,9 @@ def test_protocols_are_as_documented():
     assert PROTOCOLS["ablation"].models[:2] == ("vae", "lvae") and "nvae" in published.models
     from vaetut.results import warmup_fraction
 
-    assert warmup_fraction("vae", cpu) == cpu.warmup_fraction > 0  # the protocol's warm-up for ELBO models
-    assert warmup_fraction("iwae50", cpu) == 0 and warmup_fraction("nvae", cpu) == MODELS["nvae"].warmup_fraction
+    warm = Protocol("warm", epochs=1, seeds=(0,), warmup_fraction=0.1)
+    assert warmup_fraction("vae", warm) == 0.1 and warmup_fraction("vae", cpu) == 0  # the protocol's, for ELBO models
+    assert warmup_fraction("iwae50", warm) == 0 and warmup_fraction("nvae", cpu) == MODELS["nvae"].warmup_fraction
 
 
 def test_run_protocol_writes_complete_records_and_continues_after_an_interruption(tmp_path):

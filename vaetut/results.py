@@ -232,7 +232,6 @@ PROTOCOLS: dict[str, Protocol] = {
             batch_size=100,
             lr=2e-3,
             lr_schedule="cosine",
-            warmup_fraction=0.1,
             models=CPU_MODELS,
             description="sized for a 2-core CPU: every model and seed in at most 90 minutes",
         ),
