@@ -24,6 +24,9 @@ def test_kl_normal_standard_prior_matches_torch():
     mu, log_var = torch.randn(64, 7) * 2, torch.randn(64, 7)
     ref = kl_divergence(_diag(mu, log_var), _diag(torch.zeros(7), torch.zeros(7)))
     torch.testing.assert_close(kl_normal(mu, log_var), ref, rtol=1e-5, atol=1e-5)
+    # per unit: each unit's own one-dimensional KL (free bits penalise them one by one)
+    per_unit = kl_divergence(Normal(mu, torch.exp(0.5 * log_var)), Normal(0.0, 1.0))  # [64, 7]
+    torch.testing.assert_close(kl_normal(mu, log_var, per_unit=True), per_unit, rtol=1e-5, atol=1e-5)
 
 
 def test_kl_normal_general_prior_matches_torch():
@@ -71,6 +74,17 @@ def test_log_bernoulli_matches_torch_and_is_stable():
     # huge logits stay finite and exact
     big = torch.tensor([[[[80.0, -80.0]]]])
     torch.testing.assert_close(log_bernoulli(torch.tensor([[[[0.0, 1.0]]]]), big), torch.tensor([-160.0]))
+
+
+def test_log_bernoulli_of_grey_targets_is_the_cross_entropy():
+    """Grey-level targets (which torch's Bernoulli refuses): x log p + (1 - x) log(1 - p),
+    p = sigmoid(l), in float64 from the definition, also where p rounds to 0 or 1 in float32."""
+    x = torch.rand(5, 1, 4, 4)
+    logits = torch.randn(5, 1, 4, 4) * 4
+    logits[0, 0, 0, :2] = torch.tensor([30.0, -30.0])
+    p = torch.sigmoid(logits.double())
+    ref = (x * p.log() + (1 - x) * (1 - p).log()).flatten(1).sum(1)
+    torch.testing.assert_close(log_bernoulli(x, logits).double(), ref, rtol=1e-5, atol=1e-4)
 
 
 def test_log_bernoulli_broadcasts_over_samples():

@@ -181,6 +181,18 @@ def test_sample_layers_shares_the_fixed_noise():
     for free in (1, 3, range(1, 3)):
         imgs = model.sample_layers(5, free=free, generator=g)
         assert (imgs[1:] - imgs[:1]).abs().flatten(1).amax(1).min() > 1e-4
+    # the noise itself, layer by layer: one row shared by all samples unless the layer is free
+    seen = []
+    generate = model.generate
+    model.generate = lambda eps: seen.append(eps) or generate(eps)
+    for free, expected in ((1, {1}), (3, {3}), (range(1, 3), {1, 2}), ([2, 3], {2, 3})):
+        seen.clear()
+        model.sample_layers(5, free=free, generator=g)
+        (eps,) = seen
+        assert [tuple(e.shape) for e in eps] == [(5, 6), (5, 5), (5, 4)]
+        for i, e in enumerate(eps, start=1):
+            shared = bool((e == e[:1]).all())
+            assert shared != (i in expected), (free, i)
     # posterior_means at the top layer is exact: the bottom-up mean
     x = binary_images(3)
     torch.testing.assert_close(model.posterior_means(x, k=3)[-1], model.bottom_up(x)[-1][0])

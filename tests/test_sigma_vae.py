@@ -293,6 +293,23 @@ def test_calibrate_freezes_sigma_star_of_the_training_reconstructions():
         VAE(likelihood="gaussian", sigma=0.5).calibrate(x)
 
 
+def test_calibrate_averages_over_every_pixel_of_every_batch():
+    """Batches of 7 for 30 images (the last one of 2): sigma*^2 is the MSE over all 30,
+    not the last batch's nor the mean of the batches' MSEs. With q's variance ~ 1e-26 the
+    reconstructions are deterministic, so the reference is one pass over the whole set."""
+    model = _optimal_model()
+    with torch.no_grad():
+        model.to_log_var.weight.zero_()
+        model.to_log_var.bias.fill_(-60.0)
+    x = torch.rand(30, 1, 28, 28, generator=torch.Generator().manual_seed(7))
+    x[28:] = 0.0  # the last batch reconstructs far worse than the others
+    with torch.no_grad():
+        mse = (x - model.decode(model.encode(x)[0])).pow(2).mean().item()
+        last = (x[28:] - model.decode(model.encode(x[28:])[0])).pow(2).mean().item()
+    assert abs(last - mse) > 0.05 * mse
+    assert model.calibrate(x, batch_size=7).item() == pytest.approx(mse, rel=1e-5)
+
+
 def test_the_running_sigma_star_follows_training_batches_only():
     model = _optimal_model()
     x, out = torch.zeros(4, 1, 28, 28), torch.full((4, 1, 28, 28), 0.5)  # mse 0.25
