@@ -9,7 +9,8 @@
 #                               without chromium)
 #   ./run.sh chapters [FILES]   re-run chapters in full mode and store their outputs
 #                               (all chapters by default; e.g. book/elbo.md)
-#   ./run.sh bench              the training-speed benchmark
+#   ./run.sh bench              the speed benchmarks: a training epoch, and the k = 5000
+#                               log-likelihood estimator
 #
 # Environment: PYTHON (default python3, 3.10-3.12), VAETUT_DATA (folder holding
 # MNIST/raw; default ../shared/data when it exists, else ~/.cache/vaetut/data),
@@ -92,9 +93,10 @@ case "$cmd" in
   bench)
     setup
     python benchmarks/train_epoch.py "$@"
+    python benchmarks/eval_ll.py "$@"
     ;;
   *)
-    sed -n '2,17p' "$0"
+    sed -n '2,18p' "$0"
     exit 2
     ;;
 esac
