@@ -80,14 +80,30 @@ def test_run_protocol_writes_complete_records_and_continues_after_an_interruptio
         run_protocol(Protocol("small", epochs=2, seeds=(0,)), out, models=["vae"], device="cpu", log=logged.append)
 
 
+def test_run_protocol_evaluates_a_run_whose_training_finished_before_an_interruption(tmp_path):
+    """A call stopped between training and evaluation leaves a checkpoint at its last step; the next
+    call evaluates those weights (and keeps their training history) instead of failing or retraining."""
+    out = tmp_path / "small.json"
+    first = run_protocol(SMALL, out, models=["vae"], seeds=[0], device="cpu", progress=False, log=lambda m: None)
+    record = first["records"][0]
+    out.write_text(json.dumps({**first, "records": []}))  # the record lost, the checkpoint kept
+    logged = []
+    again = run_protocol(SMALL, out, models=["vae"], seeds=[0], device="cpu", progress=False, log=logged.append)
+    assert "evaluating" in " ".join(logged)
+    redo = again["records"][0]
+    assert redo["history"] == record["history"] and redo["train_seconds"] == record["train_seconds"]
+    assert redo["test_ll"] == pytest.approx(record["test_ll"], abs=1e-4)
+    assert redo["ll_per_image"] == pytest.approx(record["ll_per_image"], abs=1e-3)
+
+
 def test_paired_difference_and_its_standard_error():
     a = [[1.0, 2.0, 4.0], [2.0, 3.0, 3.0]]
     b = [[0.0, 1.0, 1.0], [1.0, 1.0, 2.0]]
-    d = torch.tensor(a) - torch.tensor(b)  # per seed means 5/3, 4/3; per image means 1, 1.5, 2
+    # d = a - b = [[1, 1, 3], [1, 2, 1]]: per seed means 5/3, 4/3 (sample variance 1/18, S = 2);
+    # per image means 1, 3/2, 2 (sample variance 1/4, N = 3): SE^2 = (1/18) / 2 + (1/4) / 3 = 1/9
     mean, se = paired_difference(a, b)
-    assert mean == pytest.approx(d.mean().item())
-    expected = d.mean(1).var().item() / 2 + d.mean(0).var().item() / 3
-    assert se == pytest.approx(math.sqrt(expected))
+    assert mean == pytest.approx(1.5)
+    assert se == pytest.approx(1 / 3)
     with pytest.raises(ValueError, match="same seeds"):
         paired_difference(a, b[:1])
 

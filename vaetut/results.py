@@ -48,7 +48,7 @@ from .data import load_mnist
 from .diagnostics import active_units
 from .flow_vae import FlowVAE
 from .ladder_vae import LadderVAE
-from .train import TrainConfig, fit
+from .train import History, TrainConfig, fit, load_checkpoint
 from .vae import VAE
 
 __all__ = [
@@ -307,8 +307,13 @@ def train_config(name: str, protocol: Protocol, seed: int, steps_per_epoch: int)
 
 # --------------------------------------------------------------- evaluation
 @torch.no_grad()
-def evaluate(model: nn.Module, x_test: torch.Tensor, protocol: Protocol, *, progress: bool = False) -> dict[str, Any]:
+def evaluate(
+    model: nn.Module, x_test: torch.Tensor, protocol: Protocol, *, seed: int = 0, progress: bool = False
+) -> dict[str, Any]:
     """The protocol's measurements of a trained model on the binarized test images.
+
+    The Monte Carlo noise is drawn from the generators seeded with ``seed``, so evaluating the
+    same weights twice gives the same numbers.
 
     Returns a dict with ``test_elbo`` (mean over ``n_elbo`` images) and its standard
     error over images, ``test_ll`` (mean over ``n_ll``, with ``k`` samples) and
@@ -319,6 +324,7 @@ def evaluate(model: nn.Module, x_test: torch.Tensor, protocol: Protocol, *, prog
     start = time.perf_counter()
     device = next(model.parameters()).device
     model.eval()
+    torch.manual_seed(seed)
     elbos, kls = [], []
     x_elbo = x_test[: protocol.n_elbo]
     for xb in x_elbo.split(500):
@@ -487,8 +493,13 @@ def run_protocol(
             model = build(name, seed)
             ckpt = runs / f"{name}-seed{seed}.pt"
             config = train_config(name, protocol, seed, steps_per_epoch)
-            history = fit(model, x_train, config, device=device, checkpoint=ckpt, resume=ckpt.exists(), progress=progress)
-            metrics = evaluate(model, x_test, protocol)
+            history = _finished_training(ckpt, model, config.total_steps(steps_per_epoch))
+            if history is None:
+                history = fit(model, x_train, config, device=device, checkpoint=ckpt, resume=ckpt.exists(), progress=progress)
+            else:
+                log(f"   training finished in {ckpt} (an earlier call stopped before evaluating it): evaluating")
+                model.to(device)
+            metrics = evaluate(model, x_test, protocol, seed=seed)
             record = {
                 "model": name,
                 "seed": seed,
@@ -512,6 +523,18 @@ def run_protocol(
                 f"{record['train_seconds'] / 60:.1f} + {record['eval_seconds'] / 60:.1f} min"
             )
     return results
+
+
+def _finished_training(ckpt: Path, model: nn.Module, total: int) -> History | None:
+    """The history of a run whose checkpoint is already at its last step, with its weights loaded
+    into ``model``; None when there is no such checkpoint (then ``fit`` trains or resumes)."""
+    if not ckpt.exists():
+        return None
+    state = load_checkpoint(ckpt)
+    if state.get("step") != total or state.get("total_steps") != total:
+        return None
+    model.load_state_dict(state["model"])
+    return History(**state["history"])
 
 
 # ---------------------------------------------------------------- summaries
