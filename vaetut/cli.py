@@ -2,7 +2,7 @@
 
     vaetut train MODEL [--epochs N | --minutes M] [--seed S] [--out DIR] [--resume]
     vaetut evaluate CHECKPOINT [--k 5000] [--n-test N]
-    vaetut results --protocol cpu|published|tiny [--models ...] [--seeds ...] [--out FILE]
+    vaetut results --protocol cpu|ablation|published|tiny [--models ...] [--seeds ...] [--out FILE]
 
 Also ``python -m vaetut ...``. Data parallelism on N GPUs (or N CPU processes):
 ``torchrun --nproc_per_node N -m vaetut train MODEL ...``.
@@ -97,7 +97,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--out", type=Path, help="folder for checkpoint.pt, run.json and history.json (default runs/MODEL-seedS)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out with its own settings")
     t.add_argument("--batch-size", type=_positive_int, help="examples per step (default 100)")
-    t.add_argument("--lr", type=_positive_float, help="initial learning rate (default 1e-3)")
+    t.add_argument("--lr", type=_positive_float, help="initial learning rate (default: the cpu protocol's, 2e-3)")
     t.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:1, ... (default auto)")
 
     e = sub.add_parser(
@@ -198,7 +198,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             }
             run_file.write_text(json.dumps(run, indent=1) + "\n")
     say(f"training {args.model} ({MODELS[args.model].description}): {run_info()}")
-    model = build(args.model, args.seed)
+    model = build(args.model, args.seed, x_train)
     history = fit(model, x_train, config, device=device, checkpoint=ckpt, resume=args.resume, time_limit=time_limit, progress="lines")
     if dist.is_main:
         (out / "history.json").write_text(json.dumps({"epochs": history.epochs, "seconds": history.seconds, "stopped": history.stopped}, indent=1) + "\n")
@@ -215,16 +215,16 @@ def argv_is_cli() -> bool:
 def _steps_for(seconds: float, name: str, seed: int, x: torch.Tensor, config: TrainConfig, device, dist: _Dist) -> int:
     """Steps that fit in ``seconds``, from the speed of the real training loop on a copy of the model
     (200 timed steps after 20 to warm up)."""
-    steps = 0
-    if dist.is_main:
-        probe = build(name, seed)
-        quiet = dict(device=device, progress=False)
-        fit(probe, x, replace(config, epochs=None, steps=20), **quiet)
-        start = time.perf_counter()
-        fit(probe, x, replace(config, epochs=None, steps=200), **quiet)
-        per_step = (time.perf_counter() - start) / 200
-        # a margin for per-epoch work (progress lines, checkpoints) and a machine that slows down
-        steps = max(1, int(0.95 * seconds / per_step))
+    # every process takes part (under torchrun the probe is data-parallel too: its collective
+    # calls need all of them); the main process's measurement decides
+    probe = build(name, seed, x)
+    quiet = dict(device=device, progress=False)
+    fit(probe, x, replace(config, epochs=None, steps=20), **quiet)
+    start = time.perf_counter()
+    fit(probe, x, replace(config, epochs=None, steps=200), **quiet)
+    per_step = (time.perf_counter() - start) / 200
+    # a margin for per-epoch work (progress lines, checkpoints) and a machine that slows down
+    steps = max(1, int(0.95 * seconds / per_step))
     if dist.world > 1:
         steps = dist.gather(steps)[0]
     return steps

@@ -82,6 +82,9 @@ class ModelSpec:
         make: builds a fresh model (call after seeding).
         objective, k: the training objective (``"elbo"`` or ``"iwae"`` with k samples).
         warmup_fraction: KL warm-up over this fraction of training (0 = none).
+        data_bias: start the decoder's output bias at the logit of the mean training pixel
+            (Burda et al.'s code does this for every model; without it a deep tanh network
+            spends its first steps learning the mean image, saturates and can stay there).
         published: the test log-likelihood reported for this architecture and its
             source and protocol, or ``None``.
     """
@@ -93,6 +96,7 @@ class ModelSpec:
     k: int = 1
     warmup_fraction: float = 0.0
     published: tuple[float, str] | None = None
+    data_bias: bool = True
 
 
 def _nvae(**overrides) -> Callable[[], nn.Module]:
@@ -139,6 +143,7 @@ MODELS: dict[str, ModelSpec] = {
             "lvae",
             "the vae2 net with ladder (precision-weighted top-down) inference",
             lambda: LadderVAE(inference="ladder", **BURDA_NET2),
+            warmup_fraction=0.2,  # Sønderby et al.'s recipe: without it z1's KL falls to 0 within an epoch
             published=(-81.74, "Sønderby et al. 2016: 5 stochastic layers, batch norm, warm-up, k=5000; a larger model"),
         ),
         ModelSpec(
@@ -163,22 +168,53 @@ MODELS: dict[str, ModelSpec] = {
             "NVAE-style: 4 spatial groups at 7x7 and 14x14, residual cells, residual posterior, KL balancing, spectral reg.",
             _nvae(),
             warmup_fraction=0.3,
+            data_bias=False,
             published=(-78.01, "Vahdat & Kautz 2020: a far larger model trained for 400 epochs on GPUs"),
         ),
         # the ablation of the state-of-the-art chapter: nvae with one ingredient switched off
-        ModelSpec("nvae-plain", "nvae with a plain posterior N(mu_q, sigma_q^2)", _nvae(residual_posterior=False), warmup_fraction=0.3),
-        ModelSpec("nvae-nobal", "nvae without KL balancing", _nvae(kl_balance=False), warmup_fraction=0.3),
-        ModelSpec("nvae-nosr", "nvae without spectral regularisation", _nvae(spectral_reg=0.0), warmup_fraction=0.3),
+        ModelSpec("nvae-plain", "nvae with a plain posterior N(mu_q, sigma_q^2)", _nvae(residual_posterior=False), warmup_fraction=0.3, data_bias=False),
+        ModelSpec("nvae-nobal", "nvae without KL balancing", _nvae(kl_balance=False), warmup_fraction=0.3, data_bias=False),
+        ModelSpec("nvae-nosr", "nvae without spectral regularisation", _nvae(spectral_reg=0.0), warmup_fraction=0.3, data_bias=False),
     )
 }
 
 
-def build(name: str, seed: int = 0) -> nn.Module:
-    """A fresh model of registry entry ``name``, initialised from ``seed``."""
+def build(name: str, seed: int = 0, data: torch.Tensor | None = None) -> nn.Module:
+    """A fresh model of registry entry ``name``, initialised from ``seed``; given the training
+    images ``data`` ``[N, C, H, W]`` in [0, 1], its output bias starts at their mean pixel
+    (see :func:`init_output_bias`) where the entry asks for it."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; the registry has {', '.join(MODELS)}")
     torch.manual_seed(seed)
-    return MODELS[name].make()
+    model = MODELS[name].make()
+    if data is not None and MODELS[name].data_bias:
+        init_output_bias(model, data)
+    return model
+
+
+def init_output_bias(model: nn.Module, data: torch.Tensor, clip: float = 1e-3) -> None:
+    """Set the bias of the decoder's output layer to the logit of the mean training pixel, so that
+    a Bernoulli decoder starts at the mean image (Burda et al.'s code does this for every model).
+
+    The output layer is the decoder's last ``Linear`` with one output per pixel (its bias gets the
+    per-pixel mean) or its last convolution with one output per image channel (the per-channel
+    mean over all pixels). Raises ``ValueError`` for a model without such a layer.
+    """
+    if data.dim() != 4:
+        raise ValueError(f"expected training images [N, C, H, W], got shape {list(data.shape)}")
+    mean = data.float().mean(0).clamp(clip, 1 - clip)  # [C, H, W]
+    last = None
+    for name, module in model.named_modules():
+        if not name.startswith("decoder"):
+            continue
+        if isinstance(module, nn.Linear) and module.out_features == mean.numel():
+            last = (module, torch.logit(mean).flatten())
+        elif isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)) and module.out_channels == mean.shape[0]:
+            last = (module, torch.logit(mean.mean((1, 2))))
+    if last is None or last[0].bias is None:
+        raise ValueError(f"{type(model).__name__} has no decoder output layer with a bias of one unit per pixel or channel")
+    with torch.no_grad():
+        last[0].bias.copy_(last[1].to(last[0].bias))
 
 
 # --------------------------------------------------------------- protocols
@@ -490,7 +526,7 @@ def run_protocol(
                 log(f"{name} seed {seed}: already in {out}, kept")
                 continue
             log(f"== {name} seed {seed} ({protocol.name} protocol, {protocol.epochs} epochs)")
-            model = build(name, seed)
+            model = build(name, seed, x_train)
             ckpt = runs / f"{name}-seed{seed}.pt"
             config = train_config(name, protocol, seed, steps_per_epoch)
             history = _finished_training(ckpt, model, config.total_steps(steps_per_epoch))
