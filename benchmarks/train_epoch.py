@@ -7,7 +7,7 @@ that example does. vaetut keeps the data as one tensor, batches by indexing, use
 the fused, stable BCE-with-logits and a fused Adam step. Both use batch 128,
 Adam with lr 1e-3 and grey-level targets.
 
-Prints both times, their ratio (target: vaetut <= 0.4 of the reference on a
+Prints both times, their ratio (target: vaetut <= 0.30 of the reference on a
 2-core CPU), the training GFLOP/s each achieves, and the machine's measured
 matrix-multiply rate for comparison.
 
@@ -113,7 +113,7 @@ def main() -> None:
     peak = matmul_gflops(device)
     print(f"reference loop (DataLoader + ToTensor): {ref:6.2f} s/epoch  {flops / ref / 1e9:6.1f} GFLOP/s")
     print(f"vaetut.fit (tensor batches, fused):     {ours:6.2f} s/epoch  {flops / ours / 1e9:6.1f} GFLOP/s")
-    print(f"ratio vaetut / reference: {ours / ref:.2f} (target <= 0.40)")
+    print(f"ratio vaetut / reference: {ours / ref:.2f} (target <= 0.30)")
     print(f"matrix multiply ({device.type}, 1024x1024 float32): {peak:.1f} GFLOP/s; "
           f"the epoch's {flops / 1e9:.0f} GFLOP alone take {flops / peak / 1e9:.2f} s at that rate")
 

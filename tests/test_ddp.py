@@ -1,5 +1,6 @@
 """Data parallelism: two CPU processes (gloo) under torchrun against one process."""
 
+import json
 import os
 import subprocess
 import sys
@@ -56,3 +57,22 @@ def test_a_two_process_checkpoint_refuses_a_one_process_resume(runs):
     with pytest.raises(CheckpointError, match="processes: 2 in the checkpoint, 1 now"):
         fit(VAE(latent_dim=2, hidden=(32,)), x, steps=6, batch_size=32, binarize=True, seed=4, log_every=1,
             progress=False, device="cpu", checkpoint=runs / "vae.pt", resume=True)
+
+
+def test_a_timed_command_line_run_under_torchrun(tmp_path):
+    """`torchrun -m vaetut train MODEL --minutes M`: every process measures the speed together (the
+    probe is data-parallel too), all stop at the same step boundary at the time limit, and the
+    learning rate follows the main process's clock, so the processes' weights stay equal."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "vaetut", "train", "vae", "--minutes", "0.1", "--out", str(out), "--device", "cpu"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    history = json.loads((out / "history.json").read_text())
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["world_size"] == 2 and state["config"]["lr_schedule"] == "cosine-time"
+    # the time limit ends it, or (when the machine ran faster than its measured speed) the step
+    # count, which is twice the measured estimate
+    assert history["stopped"] == "time limit" or state["step"] == state["total_steps"], history
+    assert 0 < state["step"] <= state["total_steps"] and history["seconds"] < 60

@@ -173,7 +173,7 @@ def test_resume_refuses_what_would_not_continue_the_run(tmp_path):
         fit(_model(), x, steps=8, batch_size=32, progress=False, resume=True)
     with pytest.raises(CheckpointError, match="do not fit this VAE"):
         fit(VAE(latent_dim=3, hidden=(32,)), x, steps=8, batch_size=32, progress=False, checkpoint=ckpt, resume=True)
-    with pytest.raises(CheckpointError, match="holds a VAE, not a Autoencoder"):
+    with pytest.raises(CheckpointError, match="holds a model of class VAE, not Autoencoder"):
         from vaetut import Autoencoder
 
         fit(Autoencoder(hidden=(32,)), x, steps=8, batch_size=32, objective="reconstruction", progress=False,

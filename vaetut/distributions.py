@@ -1,7 +1,7 @@
 """The Gaussian and Bernoulli pieces of the ELBO, written out by hand.
 
 Paper: Mittas, *Variational Autoencoders*, §2.1–§3.1 and Appendix A.1 (with the
-slips listed in ``reference/ERRATA.md`` corrected); Kingma & Welling (2013), §2.4
+slips listed in the errata page of the book (``book/errata.md``) corrected); Kingma & Welling (2013), §2.4
 and Appendix B. Taught in the book chapters "The ELBO" and "Reparameterization";
 every function here is checked against ``torch.distributions`` in
 ``tests/test_distributions.py``.
@@ -232,7 +232,7 @@ def log_gaussian(x: Tensor, mean: Tensor, log_sigma: Tensor | float = 0.0) -> Te
     ``log_sigma`` is a float or a tensor that broadcasts with ``mean`` (one shared
     sigma, as in the sigma-VAE, is a scalar tensor).
 
-    Corrects the paper's eq. (7)–(10) (ERRATA.md §3.1): the negative
+    Corrects the paper's eq. (7)–(10) (book/errata.md, §3.1): the negative
     log-likelihood is *half the sum* of squared errors over the D pixels divided by
     sigma^2, plus D log sigma, plus (D/2) log 2 pi, not half the mean squared error.
 

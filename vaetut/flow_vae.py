@@ -3,7 +3,7 @@
 Papers: Rezende & Mohamed (2015) (planar flows whose parameters the inference
 network produces per example); Kingma et al. (2016) (IAF steps conditioned on an
 extra encoder output h). Mittas, *Variational Autoencoders*, §5.1–§5.3 and
-eq. (11), corrected as in ``reference/ERRATA.md`` §5. Taught in the chapters
+eq. (11), corrected as in the errata page of the book (``book/errata.md``) §5. Taught in the chapters
 "Normalizing flows" and "Inverse autoregressive flow".
 
 The posterior is sampled and scored in one pass::

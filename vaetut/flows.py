@@ -6,7 +6,7 @@ invertibility condition of their appendix, and the test energies of their
 Table 1); Germain et al. (2015), *MADE* (masks from unit degrees); Kingma et al.
 (2016), *Improving Variational Inference with Inverse Autoregressive Flow* (the
 IAF step and its numerically stable gated update). Mittas, *Variational
-Autoencoders*, §5.1–§5.3, with the slips corrected as in ``reference/ERRATA.md``
+Autoencoders*, §5.1–§5.3, with the slips corrected as in the errata page of the book (``book/errata.md``)
 §5. Taught in the chapters "Normalizing flows" and "Inverse autoregressive flow".
 
 One protocol for every layer. A flow layer is an ``nn.Module`` with
@@ -22,7 +22,7 @@ serves ``[k, B, D]`` samples. Layers with free parameters ignore it. A
 :class:`FlowStack` chains layers and sums their log-determinants, so for
 z_0 ~ q_0 and z_T = f_T(...f_1(z_0))::
 
-    log q_T(z_T) = log q_0(z_0) - sum_t log |det dz_t/dz_{t-1}|      (ERRATA §5.1)
+    log q_T(z_T) = log q_0(z_0) - sum_t log |det dz_t/dz_{t-1}|      (book/errata.md §5.1)
 
 Imports torch and :mod:`vaetut.distributions` only. To use it outside vaetut, copy
 this file and ``distributions.py`` into one folder; then, from that folder::

@@ -1,7 +1,7 @@
 """The Ladder VAE: L stochastic layers, a top-down posterior that shares the prior.
 
 Paper: Mittas, *Variational Autoencoders*, §4 (with the slip in the posterior
-variance corrected, see ``reference/ERRATA.md`` §4); Sønderby et al. (2016),
+variance corrected, see the errata page of the book (``book/errata.md``) §4); Sønderby et al. (2016),
 "Ladder Variational Autoencoders", eq. (1)–(3) for the generative model and
 eq. (16)–(19) for the inference model. Taught in the book chapter "Ladder VAE".
 The options beyond the Ladder VAE: bottom-up inference and the networks of
@@ -265,7 +265,7 @@ def precision_weighted(mu_hat: Tensor, var_hat: Tensor, mu_p: Tensor, var_p: Ten
     N(z; mu, var) is proportional to N(z; mu_hat, var_hat) * N(z; mu_p, var_p): the
     precisions add and the mean is the precision-weighted average of the means
     (Sønderby et al. 2016, eq. 18–19, with the paper's sigma read as the variance,
-    ERRATA.md §4). Elementwise; arguments broadcast.
+    book/errata.md §4). Elementwise; arguments broadcast.
 
     Args:
         mu_hat, var_hat: the bottom-up estimate, ``[..., D]`` (variances > 0).

@@ -1,7 +1,7 @@
 """The linear Gaussian latent model: a VAE whose log p(x) and posterior are exact.
 
 Paper: Mittas, *Variational Autoencoders*, §2 and §2.1 (the ELBO, with the slips
-listed in ``reference/ERRATA.md`` corrected); the model is probabilistic PCA
+listed in the errata page of the book (``book/errata.md``) corrected); the model is probabilistic PCA
 (Tipping & Bishop 1999); the importance-weighted bound is Burda et al. (2016),
 eq. 8. Taught in the book chapter "The ELBO", where it is the one model on which
 every term of
@@ -188,7 +188,7 @@ class LinearGaussian:
         """The ELBO of q = N(q_mean, q_cov) in closed form, no sampling.
 
         ``elbo = E_q[log p(x|z)] - KL(q || p(z))`` (eq. 3 with the order of the KL
-        corrected, ERRATA.md §2.1), where, with r = x - b - W m_q,
+        corrected, book/errata.md §2.1), where, with r = x - b - W m_q,
 
         * E_q[log p(x|z)] = -(d/2) log 2 pi - d log s - (||r||^2 + tr(W S_q W^T)) / (2 s^2),
         * KL(q || N(0, I)) = (tr S_q + ||m_q||^2 - n - log det S_q) / 2.

@@ -7,7 +7,7 @@ model with a top-down path shared by the prior and the posterior, over a
 bottom-up tower), §3.1 (residual cells with Swish activations and
 squeeze-and-excitation), §3.2 (residual Normal distributions and their KL;
 spectral regularisation) and Appendix A (KL balancing during the KL warm-up).
-Taught in the book chapter "NVAE". Not implemented: the normalizing flows of
+Taught in the book chapter "Where the field went: BIVA and NVAE" (book/state_of_the_art.md). Not implemented: the normalizing flows of
 §3.2, the depthwise-separable decoder cells, weight normalisation and the
 mixture-of-logistics decoder (MNIST uses a Bernoulli decoder, as in the paper's
 MNIST experiment).

@@ -516,7 +516,7 @@ class Checkpoint:
             )
         if state["model_class"] != type(model).__name__:
             raise CheckpointError(
-                f"{self.path} holds a {state['model_class']}, not a {type(model).__name__}: resume with the model it was trained on"
+                f"{self.path} holds a model of class {state['model_class']}, not {type(model).__name__}: resume with the model it was trained on"
             )
         changed = [
             f"{name}: {state['config'].get(name)!r} in the checkpoint, {value!r} now"
@@ -736,6 +736,7 @@ class _Run:
         loss_fn = dist.wrap(self.objective, self.device)
         bar = _bar(self.total, self.step) if self.mode == "bar" and dist.is_main else None
         self.started = time.perf_counter() - self.history.seconds
+        self.shared_fraction = self.history.seconds / self.time_limit if self.time_limit is not None else 0.0
         self.model.train()
         try:
             with _interrupts_become_flags() as self.interrupted:
@@ -781,9 +782,13 @@ class _Run:
         return self.history
 
     def time_fraction(self) -> float:
-        """The elapsed share of the time limit (0 without one)."""
+        """The elapsed share of the time limit (0 without one). Data-parallel processes use the
+        main process's share, read at the last agreed step boundary (see :meth:`should_stop`), so
+        that all of them set the same learning rate and their weights stay equal."""
         if self.time_limit is None:
             return 0.0
+        if self.dist.world > 1:
+            return self.shared_fraction
         return (time.perf_counter() - self.started) / self.time_limit
 
     def log(self, bar) -> None:
@@ -806,7 +811,8 @@ class _Run:
         elif self.time_limit is not None and self.history.seconds >= self.time_limit:
             reason = "time limit"
         if self.dist.world > 1:
-            reason = self.dist.gather(reason)[0]
+            fraction = self.history.seconds / self.time_limit if self.time_limit is not None else 0.0
+            reason, self.shared_fraction = self.dist.gather((reason, fraction))[0]
         self.history.stopped = reason
         return reason is not None
 

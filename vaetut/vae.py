@@ -2,7 +2,7 @@
 Bernoulli or Gaussian decoder, with MLP or convolutional networks.
 
 Paper: Mittas, *Variational Autoencoders*, §2.2–§3.3 (Gaussian VAE, calibrated
-decoders; corrected as in ``reference/ERRATA.md``); Kingma & Welling (2013);
+decoders; corrected as in the errata page of the book (``book/errata.md``)); Kingma & Welling (2013);
 Rybkin et al. (2020) for the shared-sigma Gaussian decoder. Taught in the book
 chapters "Gaussian VAE", "beta-VAE" and "sigma-VAE".
 
@@ -298,7 +298,7 @@ class VAE(nn.Module):
             ``[]``: for a fixed sigma its log; for ``"learned"`` the soft-clipped
             parameter; for ``"optimal"`` log sigma*, floored at ``min_log_sigma``
             (Rybkin et al. 2020; the paper's §3.3 prints this log sigma* as "sigma*",
-            see ERRATA.md):
+            see book/errata.md):
 
             * in training mode, sigma*^2 is the mean squared error of ``out`` against
               ``x`` over every pixel of every example (and sample): the
@@ -363,7 +363,7 @@ class VAE(nn.Module):
 
         Bernoulli: ``out`` are logits. Gaussian: the full density N(x; out, sigma^2 I)
         summed over the d pixels, with the ``d log sigma`` and ``(d/2) log 2 pi`` terms
-        (ERRATA.md §3.1 and §3.3), so ELBOs of different sigma are comparable in nats.
+        (book/errata.md §3.1 and §3.3), so ELBOs of different sigma are comparable in nats.
         """
         if self.config.likelihood == "bernoulli":
             return log_bernoulli(x, out)
