@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from vaetut import fit
+from vaetut.train import load_checkpoint
 from vaetut.cli import main
 from vaetut.results import MODELS, PROTOCOLS, Protocol, build, paired_difference, run_protocol, summarise, train_config
 
@@ -155,6 +156,11 @@ def test_train_then_evaluate_from_the_command_line(tmp_path, capsys, monkeypatch
     assert main(["train", "vae", "--epochs", "3", "--out", str(out)]) == 1  # a run is there: --resume or another --out
     assert main(["evaluate", str(out), "--k", "5", "--n-test", "20", "--n-elbo", "50", "--device", "cpu"]) == 0
     assert "log p(x)" in capsys.readouterr().out and (out / "eval-k5-n20.json").exists()
+    # a run stopped by its time limit inside an epoch reports the steps it took, not the last epoch's
+    timed = tmp_path / "timed"
+    assert main(["train", "vae", "--minutes", "0.01", "--out", str(timed), "--device", "cpu"]) == 0
+    steps = load_checkpoint(timed / "checkpoint.pt")["step"]
+    assert f"trained {steps} steps in" in capsys.readouterr().out
 
 
 def test_the_output_bias_starts_at_the_mean_training_image():

@@ -203,7 +203,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if dist.is_main:
         (out / "history.json").write_text(json.dumps({"epochs": history.epochs, "seconds": history.seconds, "stopped": history.stopped}, indent=1) + "\n")
         stop = f", stopped by the {history.stopped}" if history.stopped else ""
-        say(f"trained {history.epochs[-1]['step'] if history.epochs else 0} steps in {history.seconds / 60:.1f} min{stop}; "
+        say(f"trained {history.steps[-1] if history.steps else 0} steps in {history.seconds / 60:.1f} min{stop}; "
             f"checkpoint {ckpt}\nevaluate it with: vaetut evaluate {ckpt}")
     return 0
 
