@@ -73,6 +73,6 @@ def test_a_timed_command_line_run_under_torchrun(tmp_path):
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert state["world_size"] == 2 and state["config"]["lr_schedule"] == "cosine-time"
     # the time limit ends it, or (when the machine ran faster than its measured speed) the step
-    # count, which is twice the measured estimate
+    # count, which is ten times the measured estimate
     assert history["stopped"] == "time limit" or state["step"] == state["total_steps"], history
     assert 0 < state["step"] <= state["total_steps"] and history["seconds"] < 60

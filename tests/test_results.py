@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import subprocess
 import sys
 
@@ -160,7 +161,14 @@ def test_train_then_evaluate_from_the_command_line(tmp_path, capsys, monkeypatch
     timed = tmp_path / "timed"
     assert main(["train", "vae", "--minutes", "0.01", "--out", str(timed), "--device", "cpu"]) == 0
     steps = load_checkpoint(timed / "checkpoint.pt")["step"]
-    assert f"trained {steps} steps in" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"trained {steps} steps in" in printed
+    # the step budget only bounds the run: ten times the probe's estimate, so a probe slowed by
+    # another job cannot end the run early with the learning rate still high
+    estimate = int(re.search(r"about (\d+) steps", printed).group(1))
+    config = json.loads((timed / "run.json").read_text())["config"]
+    assert config["steps"] == 10 * estimate
+    assert (config["batch_size"], config["lr"]) == (200, 3e-3)  # --minutes's own defaults
 
 
 def test_the_output_bias_starts_at_the_mean_training_image():
